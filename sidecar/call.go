@@ -1,0 +1,261 @@
+package sidecar
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/fender-sidecar/fender/policy"
+)
+
+// outcome is what one upstream attempt came to.
+type outcome struct {
+	status     int
+	header     http.Header
+	body       []byte
+	class      policy.Class
+	err        *Error // nil on success
+	retryAfter time.Duration
+	hasRA      bool
+	failure    bool // a breaker failure
+	final      bool // the request itself is over (deadline, client gone, shutdown)
+}
+
+// call runs a call request through the breaker and the retrier to its upstream.
+func (s *Service) call(ctx context.Context, req *Request) *Result {
+	start := time.Now()
+	res := &Result{hasMeta: true}
+	res.Meta.Upstream, res.Meta.Model = req.Upstream, req.Model
+	up := s.upstream(req.Upstream)
+	if up == nil {
+		res.Err = Errorf(CodeUnknownUpstream, "no upstream named %q", req.Upstream)
+		res.Meta.Breaker = policy.Closed.String()
+		return res
+	}
+	lp := up.pol.Load()
+	deadline := lp.Deadline
+	if req.TimeoutMs > 0 {
+		deadline = time.Duration(req.TimeoutMs) * time.Millisecond
+	}
+	ctx, cancel := context.WithDeadline(ctx, start.Add(deadline))
+	defer cancel()
+	retries := lp.Retries
+	if req.Retries >= 0 {
+		retries = req.Retries
+	}
+	br := s.breakers.Get(up.name, req.Model, lp.Policy)
+	up.budget.Start()
+	last, attempts := s.retry(ctx, up, lp, br, req, retries)
+	up.budget.Done()
+
+	res.Meta.Attempts = attempts
+	res.Meta.Breaker = br.State().String()
+	if last.status > 0 {
+		res.Status, res.Header, res.Body = last.status, last.header, last.body
+	}
+	res.Err = last.err
+	if res.Err != nil && res.Err.Code != CodeShuttingDown && ctx.Err() != nil {
+		// A shutdown or a client that left while the request waited out a
+		// backoff ends it too.
+		if cause := context.Cause(ctx); errors.Is(cause, ErrShuttingDown) {
+			res.Err = Errorf(CodeShuttingDown, "drain timeout ended the request")
+		}
+	}
+	res.Meta.LatencyMs = float64(time.Since(start).Microseconds()) / 1000
+	return res
+}
+
+// retry makes the attempts of one request with go-resiliency's retrier and
+// returns the last outcome and the number of attempts made.
+func (s *Service) retry(ctx context.Context, up *upstream, lp *livePolicy, br *policy.Breaker, req *Request, retries int) (last outcome, attempts int) {
+	var extra time.Duration // wait beyond the retrier's own, before the next attempt
+	holding := false        // a retry-budget token is held
+	defer func() {
+		if holding {
+			up.budget.EndRetry()
+		}
+	}()
+	last.err = Errorf(CodeTimeout, "deadline passed before the first attempt")
+	work := func(ctx context.Context, k int) error {
+		if extra > 0 {
+			t := time.NewTimer(extra)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return errStop
+			}
+		}
+		if ctx.Err() != nil {
+			return errStop // no attempt starts after the deadline
+		}
+		var o outcome
+		err := br.Try(func() bool {
+			o = s.attempt(ctx, up, lp, req)
+			return o.failure
+		})
+		if holding {
+			up.budget.EndRetry()
+			holding = false
+		}
+		if err != nil {
+			if attempts == 0 {
+				last = outcome{err: Errorf(CodeCircuitOpen, "circuit breaker for %s is open", breakerName(up.name, br.Model()))}
+			}
+			return errStop
+		}
+		attempts++
+		last = o
+		if o.class != policy.Transient {
+			return nil
+		}
+		if o.final || k >= retries || br.State() == policy.Open {
+			return errStop
+		}
+		wait := lp.JitteredBackoff(k, rand.Float64())
+		if o.hasRA && o.retryAfter > wait {
+			wait = o.retryAfter
+		}
+		if dl, ok := ctx.Deadline(); ok && time.Now().Add(wait).After(dl) {
+			return errStop // answer at once rather than wait past the deadline
+		}
+		if !up.budget.TryRetry(lp.RetryBudget, lp.RetryBudgetMin) {
+			s.hooks.RetryBudgetExhausted(up.name)
+			return errStop
+		}
+		holding = true
+		s.hooks.Retry(up.name)
+		extra = max(wait-lp.MinBackoff(k), 0)
+		return errRetry
+	}
+	_ = lp.retrier.RunFn(ctx, work)
+	return last, attempts
+}
+
+func breakerName(upstream, model string) string {
+	if model == "" {
+		return upstream
+	}
+	return upstream + ":" + model
+}
+
+// attempt sends the request to the upstream once, under the per-attempt timeout.
+func (s *Service) attempt(ctx context.Context, up *upstream, lp *livePolicy, req *Request) (o outcome) {
+	actx, cancel := context.WithTimeout(ctx, lp.Timeout)
+	defer cancel()
+	var body io.Reader
+	switch {
+	case req.Body != nil:
+		body = bytes.NewReader(req.Body)
+	case req.BodyText != nil:
+		body = strings.NewReader(*req.BodyText)
+	}
+	hreq, err := http.NewRequestWithContext(actx, req.Method, up.base+req.Path, body)
+	if err != nil {
+		return outcome{class: policy.Permanent, err: Errorf(CodeBadRequest, "cannot build the upstream request: %v", err)}
+	}
+	setHeaders(hreq.Header, req)
+	start := time.Now()
+	resp, err := up.client.Do(hreq)
+	if err != nil {
+		o = transportFailure(ctx, actx, err, lp.Timeout)
+		s.hooks.Attempt(up.name, req.Model, o.label(), time.Since(start))
+		return o
+	}
+	defer resp.Body.Close()
+	limit := s.opts.MaxResponseBytes
+	data, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	if err != nil {
+		o = transportFailure(ctx, actx, err, lp.Timeout)
+		s.hooks.Attempt(up.name, req.Model, o.label(), time.Since(start))
+		return o
+	}
+	for k := range resp.Header {
+		if hopHeaders[k] {
+			delete(resp.Header, k)
+		}
+	}
+	o = outcome{status: resp.StatusCode, header: resp.Header, body: data, class: policy.ClassifyStatus(resp.StatusCode)}
+	if int64(len(data)) > limit {
+		o = outcome{class: policy.Permanent, err: Errorf(CodeTooLarge, "upstream body is over %d bytes", limit)}
+		s.hooks.Attempt(up.name, req.Model, o.label(), time.Since(start))
+		return o
+	}
+	if o.class != policy.Success {
+		o.err = &Error{Code: CodeUpstreamStatus, Message: "upstream answered " + resp.Status, Retryable: policy.RetryableStatus(o.status)}
+		o.failure = o.class == policy.Transient
+		if o.status == http.StatusTooManyRequests || o.status == http.StatusServiceUnavailable {
+			o.retryAfter, o.hasRA = policy.ParseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
+		}
+	}
+	s.hooks.Attempt(up.name, req.Model, o.label(), time.Since(start))
+	return o
+}
+
+// transportFailure classifies an attempt that got no complete answer.
+func transportFailure(ctx, actx context.Context, err error, timeout time.Duration) outcome {
+	if ctx.Err() != nil {
+		cause := context.Cause(ctx)
+		switch {
+		case errors.Is(cause, ErrShuttingDown):
+			return outcome{class: policy.Transient, final: true, err: Errorf(CodeShuttingDown, "drain timeout ended the request")}
+		case errors.Is(cause, ErrClientGone):
+			return outcome{class: policy.Transient, final: true, err: Errorf(CodeUnavailable, "client disconnected")}
+		}
+		return outcome{class: policy.Transient, final: true, failure: true, err: Errorf(CodeTimeout, "deadline passed during the attempt")}
+	}
+	if errors.Is(actx.Err(), context.DeadlineExceeded) {
+		return outcome{class: policy.Transient, failure: true, err: Errorf(CodeTimeout, "attempt timed out after %s", timeout)}
+	}
+	return outcome{class: policy.Transient, failure: true, err: Errorf(CodeUnavailable, "%s", err.Error())}
+}
+
+// setHeaders copies the request's headers to h, dropping Host, Content-Length,
+// the hop-by-hop headers and those named by Connection.
+func setHeaders(h http.Header, req *Request) {
+	var named map[string]bool
+	for _, kv := range req.Headers {
+		if strings.EqualFold(kv[0], "Connection") {
+			for _, n := range strings.Split(kv[1], ",") {
+				if n = strings.TrimSpace(n); n != "" {
+					if named == nil {
+						named = map[string]bool{}
+					}
+					named[http.CanonicalHeaderKey(n)] = true
+				}
+			}
+		}
+	}
+	for _, kv := range req.Headers {
+		k := http.CanonicalHeaderKey(kv[0])
+		if !dropHeader(k, named) {
+			h.Add(k, kv[1])
+		}
+	}
+	if req.Body != nil && h.Get("Content-Type") == "" {
+		h.Set("Content-Type", "application/json")
+	}
+}
+
+// label is the attempt's result label: ok, status_4xx, status_429,
+// status_5xx, timeout or network.
+func (o *outcome) label() string {
+	switch {
+	case o.status == http.StatusTooManyRequests:
+		return "status_429"
+	case o.status >= 500:
+		return "status_5xx"
+	case o.status >= 400:
+		return "status_4xx"
+	case o.status > 0:
+		return "ok"
+	case o.err != nil && o.err.Code == CodeTimeout:
+		return "timeout"
+	}
+	return "network"
+}

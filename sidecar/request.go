@@ -1,0 +1,312 @@
+package sidecar
+
+import (
+	"bytes"
+	"encoding/json"
+	"math"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+)
+
+// Op is a request's operation.
+type Op string
+
+// The operations.
+const (
+	OpCall      Op = "call"
+	OpPing      Op = "ping"
+	OpHealth    Op = "health"
+	OpStats     Op = "stats"
+	OpConfigure Op = "configure"
+	OpPurge     Op = "purge"
+	OpReset     Op = "reset"
+)
+
+// Admin reports whether op is an admin op, allowed only to admin peers.
+func (o Op) Admin() bool { return o == OpConfigure || o == OpPurge || o == OpReset }
+
+// Cache modes of a call.
+const (
+	CacheUse     = "use"
+	CacheBypass  = "bypass"
+	CacheRefresh = "refresh"
+)
+
+// Request is one decoded request line. Absent optional fields hold their
+// "absent" value noted on each; the pipeline applies the policy's defaults.
+type Request struct {
+	ID        []byte // raw JSON: a string or a number, echoed unchanged
+	Op        Op
+	Upstream  string
+	Method    string
+	Path      string
+	Headers   [][2]string
+	Body      []byte // raw JSON body, compacted; nil when absent
+	BodyText  *string
+	Model     string
+	TimeoutMs int64 // 0 = absent
+	Retries   int   // -1 = absent
+	Cache     string
+	CacheTTL  int64 // -1 = absent, else milliseconds
+	Stream    bool
+
+	// Admin fields.
+	URL    string
+	Policy json.RawMessage
+}
+
+// wire is the request line as JSON, every field kept raw so that its type can
+// be checked strictly: defaults apply to absent fields only.
+type wire struct {
+	ID         json.RawMessage `json:"id"`
+	Op         json.RawMessage `json:"op"`
+	Upstream   json.RawMessage `json:"upstream"`
+	Method     json.RawMessage `json:"method"`
+	Path       json.RawMessage `json:"path"`
+	Headers    json.RawMessage `json:"headers"`
+	Body       json.RawMessage `json:"body"`
+	BodyText   json.RawMessage `json:"body_text"`
+	Model      json.RawMessage `json:"model"`
+	TimeoutMs  json.RawMessage `json:"timeout_ms"`
+	Retries    json.RawMessage `json:"retries"`
+	Cache      json.RawMessage `json:"cache"`
+	CacheTTLMs json.RawMessage `json:"cache_ttl_ms"`
+	Stream     json.RawMessage `json:"stream"`
+	URL        json.RawMessage `json:"url"`
+	Policy     json.RawMessage `json:"policy"`
+}
+
+// Decode parses one request line (without its line ending). On failure it
+// returns the id when it could be read (else nil, answered as null) and a
+// bad_request error naming the field.
+func Decode(line []byte) (*Request, *Error) {
+	var w wire
+	trimmed := bytes.TrimLeft(line, " \t\r\n")
+	if len(trimmed) == 0 || trimmed[0] != '{' {
+		return &Request{}, Errorf(CodeBadRequest, "request must be a JSON object")
+	}
+	if err := json.Unmarshal(line, &w); err != nil {
+		return &Request{}, Errorf(CodeBadRequest, "invalid JSON: %s", err.Error())
+	}
+	r := &Request{Retries: -1, CacheTTL: -1}
+	switch {
+	case len(w.ID) == 0:
+		return r, Errorf(CodeBadRequest, "id is required")
+	case w.ID[0] == '"' || w.ID[0] == '-' || (w.ID[0] >= '0' && w.ID[0] <= '9'):
+		r.ID = w.ID
+	default:
+		return r, Errorf(CodeBadRequest, "id must be a string or a number")
+	}
+	if !utf8.Valid(line) {
+		return r, Errorf(CodeBadRequest, "request line is not valid UTF-8")
+	}
+	var err *Error
+	op := "call"
+	if err = str(w.Op, "op", &op); err != nil {
+		return r, err
+	}
+	switch r.Op = Op(op); r.Op {
+	case OpCall, OpPing, OpHealth, OpStats, OpConfigure, OpPurge, OpReset:
+	default:
+		return r, Errorf(CodeBadRequest, "unknown op %q", op)
+	}
+	if err = str(w.Upstream, "upstream", &r.Upstream); err != nil {
+		return r, err
+	}
+	if w.Upstream != nil && r.Upstream == "" {
+		return r, Errorf(CodeBadRequest, "upstream must not be empty")
+	}
+	if err = str(w.Model, "model", &r.Model); err != nil {
+		return r, err
+	}
+	switch r.Op {
+	case OpCall:
+		return r, r.decodeCall(&w)
+	case OpConfigure:
+		if err = str(w.URL, "url", &r.URL); err != nil {
+			return r, err
+		}
+		if w.Policy != nil {
+			if w.Policy[0] != '{' {
+				return r, Errorf(CodeBadRequest, "policy must be a JSON object")
+			}
+			r.Policy = w.Policy
+		}
+		if r.Upstream == "" {
+			return r, Errorf(CodeBadRequest, "configure needs an upstream")
+		}
+	}
+	return r, nil
+}
+
+func (r *Request) decodeCall(w *wire) *Error {
+	if w.Upstream == nil {
+		return Errorf(CodeBadRequest, "call needs an upstream")
+	}
+	r.Method = "POST"
+	if err := str(w.Method, "method", &r.Method); err != nil {
+		return err
+	}
+	if !isToken(r.Method) {
+		return Errorf(CodeBadRequest, "method %q is not a valid HTTP method", r.Method)
+	}
+	r.Path = "/"
+	if err := str(w.Path, "path", &r.Path); err != nil {
+		return err
+	}
+	if err := checkPath(r.Path); err != nil {
+		return err
+	}
+	if w.Headers != nil {
+		var h map[string]json.RawMessage
+		if w.Headers[0] != '{' || json.Unmarshal(w.Headers, &h) != nil {
+			return Errorf(CodeBadRequest, "headers must be an object of strings")
+		}
+		r.Headers = make([][2]string, 0, len(h))
+		for k, v := range h {
+			var s string
+			if len(v) == 0 || v[0] != '"' || json.Unmarshal(v, &s) != nil {
+				return Errorf(CodeBadRequest, "headers: %q must be a string", k)
+			}
+			if !isToken(k) {
+				return Errorf(CodeBadRequest, "headers: %q is not a valid header name", k)
+			}
+			if strings.ContainsAny(s, "\r\n\x00") {
+				return Errorf(CodeBadRequest, "headers: %q has a value with CR, LF or NUL", k)
+			}
+			r.Headers = append(r.Headers, [2]string{k, s})
+		}
+	}
+	if w.Body != nil {
+		var buf bytes.Buffer
+		if err := json.Compact(&buf, w.Body); err != nil {
+			return Errorf(CodeBadRequest, "body: %s", err.Error())
+		}
+		r.Body = buf.Bytes()
+		if r.Model == "" && w.Model == nil && r.Body[0] == '{' {
+			var m struct {
+				Model json.RawMessage `json:"model"`
+			}
+			if json.Unmarshal(r.Body, &m) == nil && len(m.Model) > 0 && m.Model[0] == '"' {
+				_ = json.Unmarshal(m.Model, &r.Model)
+			}
+		}
+	}
+	if w.BodyText != nil {
+		if w.Body != nil {
+			return Errorf(CodeBadRequest, "body and body_text are exclusive")
+		}
+		var s string
+		if err := str(w.BodyText, "body_text", &s); err != nil {
+			return err
+		}
+		r.BodyText = &s
+	}
+	var err *Error
+	if r.TimeoutMs, err = integer(w.TimeoutMs, "timeout_ms", 1, maxMillis, 0); err != nil {
+		return err
+	}
+	var retries int64
+	if retries, err = integer(w.Retries, "retries", 0, math.MaxInt32, -1); err != nil {
+		return err
+	}
+	r.Retries = int(retries)
+	r.Cache = CacheUse
+	if err = str(w.Cache, "cache", &r.Cache); err != nil {
+		return err
+	}
+	if r.Cache != CacheUse && r.Cache != CacheBypass && r.Cache != CacheRefresh {
+		return Errorf(CodeBadRequest, "cache must be use, bypass or refresh, got %q", r.Cache)
+	}
+	if r.CacheTTL, err = integer(w.CacheTTLMs, "cache_ttl_ms", 0, maxMillis, -1); err != nil {
+		return err
+	}
+	if w.Stream != nil {
+		switch string(w.Stream) {
+		case "true":
+			r.Stream = true
+		case "false":
+		default:
+			return Errorf(CodeBadRequest, "stream must be a boolean")
+		}
+	}
+	return nil
+}
+
+// str decodes raw into *dst when present; it must be a JSON string.
+func str(raw json.RawMessage, field string, dst *string) *Error {
+	if raw == nil {
+		return nil
+	}
+	if raw[0] != '"' || json.Unmarshal(raw, dst) != nil {
+		return Errorf(CodeBadRequest, "%s must be a string", field)
+	}
+	return nil
+}
+
+// integer decodes raw as an integer in [lo, hi], or returns absent when raw is
+// missing. Integral numbers in exponent form (1e3) are accepted.
+func integer(raw json.RawMessage, field string, lo, hi, absent int64) (int64, *Error) {
+	if raw == nil {
+		return absent, nil
+	}
+	s := string(raw)
+	if s[0] != '-' && (s[0] < '0' || s[0] > '9') {
+		return 0, Errorf(CodeBadRequest, "%s must be an integer", field)
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		f, ferr := strconv.ParseFloat(s, 64)
+		switch {
+		case ferr == nil && f != math.Trunc(f):
+			return 0, Errorf(CodeBadRequest, "%s must be an integer", field)
+		case ferr != nil || f < float64(lo) || f > float64(hi):
+			return 0, Errorf(CodeBadRequest, "%s is out of range [%d, %d]", field, lo, hi)
+		}
+		n = int64(f)
+	}
+	if n < lo || n > hi {
+		return 0, Errorf(CodeBadRequest, "%s is out of range [%d, %d]", field, lo, hi)
+	}
+	return n, nil
+}
+
+// checkPath accepts a path and query that cannot name another host: it starts
+// with "/", not "//", and holds no scheme, space or control character.
+func checkPath(p string) *Error {
+	switch {
+	case p == "":
+		return Errorf(CodeBadRequest, "path must not be empty")
+	case p[0] != '/':
+		return Errorf(CodeBadRequest, "path must start with /")
+	case strings.HasPrefix(p, "//"):
+		return Errorf(CodeBadRequest, "path must not start with //")
+	}
+	for i := 0; i < len(p); i++ {
+		if c := p[i]; c <= ' ' || c == 0x7f {
+			return Errorf(CodeBadRequest, "path has a space or control character")
+		}
+	}
+	return nil
+}
+
+// isToken reports whether s is an RFC 9110 token (a method or header name).
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' {
+			continue
+		}
+		if !strings.ContainsRune("!#$%&'*+-.^_`|~", rune(c)) {
+			return false
+		}
+	}
+	return true
+}
+
+// maxMillis is the largest millisecond count that fits a time.Duration.
+const maxMillis = math.MaxInt64 / int64(1e6)

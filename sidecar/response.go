@@ -1,0 +1,181 @@
+package sidecar
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"sort"
+	"strconv"
+	"unicode/utf8"
+)
+
+// Meta is the `meta` object of a call's answer.
+type Meta struct {
+	Upstream  string
+	Model     string
+	Attempts  int
+	Cached    bool
+	Stale     bool
+	Coalesced bool
+	Fallback  string
+	Breaker   string
+	LatencyMs float64
+}
+
+// Result is the outcome of a call: an upstream answer (Status > 0), an error,
+// or both (a failing upstream answer).
+type Result struct {
+	Status  int
+	Header  http.Header
+	Body    []byte
+	Err     *Error
+	Meta    Meta
+	hasMeta bool
+}
+
+var nullID = []byte("null")
+
+// AppendError appends the answer line of a failure without meta or upstream
+// answer: the errors of decoding, admission and admin ops. id nil is null.
+func AppendError(dst []byte, id []byte, e *Error) []byte {
+	return appendResult(dst, id, &Result{Err: e})
+}
+
+// appendResult appends r's answer line, "\n" included.
+func appendResult(dst []byte, id []byte, r *Result) []byte {
+	if id == nil {
+		id = nullID
+	}
+	dst = append(dst, `{"id":`...)
+	dst = append(dst, id...)
+	if r.Err == nil {
+		dst = append(dst, `,"ok":true`...)
+	} else {
+		dst = append(dst, `,"ok":false,"error":{"code":`...)
+		dst = appendString(dst, string(r.Err.Code))
+		dst = append(dst, `,"message":`...)
+		dst = appendString(dst, r.Err.Message)
+		dst = append(dst, `,"retryable":`...)
+		dst = strconv.AppendBool(dst, r.Err.Retryable)
+		dst = append(dst, '}')
+	}
+	if r.Status > 0 {
+		dst = append(dst, `,"status":`...)
+		dst = strconv.AppendInt(dst, int64(r.Status), 10)
+		dst = append(dst, `,"headers":`...)
+		dst = appendHeaders(dst, r.Header)
+		dst = append(dst, `,"body":`...)
+		dst = appendBody(dst, r.Body)
+	}
+	if r.hasMeta {
+		m := &r.Meta
+		dst = append(dst, `,"meta":{"upstream":`...)
+		dst = appendString(dst, m.Upstream)
+		dst = append(dst, `,"model":`...)
+		dst = appendString(dst, m.Model)
+		dst = append(dst, `,"attempts":`...)
+		dst = strconv.AppendInt(dst, int64(m.Attempts), 10)
+		dst = append(dst, `,"cached":`...)
+		dst = strconv.AppendBool(dst, m.Cached)
+		dst = append(dst, `,"stale":`...)
+		dst = strconv.AppendBool(dst, m.Stale)
+		dst = append(dst, `,"coalesced":`...)
+		dst = strconv.AppendBool(dst, m.Coalesced)
+		dst = append(dst, `,"fallback":`...)
+		dst = appendString(dst, m.Fallback)
+		dst = append(dst, `,"breaker":`...)
+		dst = appendString(dst, m.Breaker)
+		dst = append(dst, `,"latency_ms":`...)
+		dst = strconv.AppendFloat(dst, m.LatencyMs, 'f', 3, 64)
+		dst = append(dst, '}')
+	}
+	return append(dst, "}\n"...)
+}
+
+// appendHeaders writes h as an object of strings, names sorted, the values of a
+// repeated header joined with ", ".
+func appendHeaders(dst []byte, h http.Header) []byte {
+	names := make([]string, 0, len(h))
+	for k := range h {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	dst = append(dst, '{')
+	for i, k := range names {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = appendString(dst, k)
+		dst = append(dst, ':')
+		vs := h[k]
+		if len(vs) == 1 {
+			dst = appendString(dst, vs[0])
+			continue
+		}
+		joined := ""
+		for j, v := range vs {
+			if j > 0 {
+				joined += ", "
+			}
+			joined += v
+		}
+		dst = appendString(dst, joined)
+	}
+	return append(dst, '}')
+}
+
+// appendBody writes an upstream body as JSON when it is valid JSON (compacted,
+// so that the answer stays one line) and as a string otherwise.
+func appendBody(dst []byte, body []byte) []byte {
+	if len(body) > 0 && utf8.Valid(body) && json.Valid(body) {
+		buf := bytes.NewBuffer(dst)
+		if json.Compact(buf, body) == nil {
+			return buf.Bytes()
+		}
+	}
+	return appendString(dst, string(body))
+}
+
+const hexDigits = "0123456789abcdef"
+
+// appendString appends s as a JSON string; invalid UTF-8 becomes U+FFFD.
+func appendString(dst []byte, s string) []byte {
+	dst = append(dst, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' {
+				i++
+				continue
+			}
+			dst = append(dst, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				dst = append(dst, '\\', c)
+			case '\n':
+				dst = append(dst, '\\', 'n')
+			case '\r':
+				dst = append(dst, '\\', 'r')
+			case '\t':
+				dst = append(dst, '\\', 't')
+			default:
+				dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, `\ufffd`...)
+			i++
+			start = i
+			continue
+		}
+		i += size
+	}
+	dst = append(dst, s[start:]...)
+	return append(dst, '"')
+}

@@ -1,0 +1,214 @@
+package socket
+
+import (
+	"context"
+	"errors"
+	"net"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/fender-sidecar/fender/sidecar"
+)
+
+// Handler answers one request line: it appends exactly one answer line ("\n"
+// included) to dst. ctx is cancelled with sidecar.ErrClientGone when the
+// client leaves and with sidecar.ErrShuttingDown when the drain timeout ends.
+type Handler interface {
+	Handle(ctx context.Context, peer sidecar.Peer, line []byte, dst []byte) []byte
+}
+
+// Options configure a Server.
+type Options struct {
+	MaxRequestBytes int      // longest request line, without its line ending
+	MaxConnInflight int      // requests in flight on one connection before reading pauses
+	AllowedUIDs     []uint32 // empty: any
+	Logger          zerolog.Logger
+	Hooks           Hooks // nil: none
+}
+
+// Hooks receive connection events, for telemetry. Safe for concurrent use.
+type Hooks interface {
+	ConnOpened()
+	ConnClosed()
+	Rejected(reason string) // too_large, peer
+}
+
+type nopHooks struct{}
+
+func (nopHooks) ConnOpened()     {}
+func (nopHooks) ConnClosed()     {}
+func (nopHooks) Rejected(string) {}
+
+// Server serves request lines on a Unix listener. Serve, StopReading, Abort
+// and Close are safe to call from different goroutines.
+type Server struct {
+	ln    *net.UnixListener
+	h     Handler
+	opts  Options
+	log   zerolog.Logger
+	hooks Hooks
+
+	base   context.Context // parent of every request context
+	abort  context.CancelCauseFunc
+	conns  sync.WaitGroup
+	workMu sync.Mutex
+	nwork  int             // request handlers in flight
+	idle   []chan struct{} // closed when nwork reaches 0
+	active atomic.Int64
+
+	mu       sync.Mutex
+	open     map[*conn]struct{}
+	stopping bool
+	served   chan struct{}
+}
+
+// NewServer returns a Server for ln; it does not accept until Serve.
+func NewServer(ln *net.UnixListener, h Handler, opts Options) *Server {
+	if opts.MaxRequestBytes <= 0 {
+		opts.MaxRequestBytes = 1 << 20
+	}
+	if opts.MaxConnInflight <= 0 {
+		opts.MaxConnInflight = 256
+	}
+	s := &Server{ln: ln, h: h, opts: opts, hooks: opts.Hooks, open: map[*conn]struct{}{}, served: make(chan struct{})}
+	if s.hooks == nil {
+		s.hooks = nopHooks{}
+	}
+	s.log = opts.Logger.With().Str("component", "socket").Logger()
+	s.base, s.abort = context.WithCancelCause(context.Background())
+	return s
+}
+
+// Serve accepts connections until StopReading; it returns nil then.
+func (s *Server) Serve() error {
+	defer close(s.served)
+	for {
+		c, err := s.ln.AcceptUnix()
+		if err != nil {
+			s.mu.Lock()
+			stopping := s.stopping
+			s.mu.Unlock()
+			if stopping {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			s.log.Error().Err(err).Msg("accept")
+			time.Sleep(50 * time.Millisecond) // EMFILE and the like: don't spin
+			continue
+		}
+		peer := peerOf(c)
+		if len(s.opts.AllowedUIDs) > 0 && (!peer.Known || !slices.Contains(s.opts.AllowedUIDs, peer.UID)) {
+			s.log.Warn().Uint32("uid", peer.UID).Int32("pid", peer.PID).Bool("known", peer.Known).Msg("peer not allowed; closing")
+			s.hooks.Rejected("peer")
+			c.Close()
+			continue
+		}
+		s.mu.Lock()
+		if s.stopping {
+			s.mu.Unlock()
+			c.Close()
+			continue
+		}
+		cn := newConn(s, c, peer)
+		s.open[cn] = struct{}{}
+		s.conns.Add(1)
+		s.mu.Unlock()
+		s.active.Add(1)
+		s.hooks.ConnOpened()
+		go cn.serve()
+	}
+}
+
+// Connections returns the connections open now.
+func (s *Server) Connections() int64 { return s.active.Load() }
+
+// StopReading stops accepting connections and reading request lines; the
+// requests already read go on. It is the start of a drain.
+func (s *Server) StopReading() {
+	s.mu.Lock()
+	if s.stopping {
+		s.mu.Unlock()
+		return
+	}
+	s.stopping = true
+	for c := range s.open {
+		c.stopReading()
+	}
+	s.mu.Unlock()
+	s.ln.Close() // also removes the socket file
+}
+
+// Idle returns a channel closed once no request handler is in flight (after
+// StopReading, no new one starts).
+func (s *Server) Idle() <-chan struct{} {
+	ch := make(chan struct{})
+	s.workMu.Lock()
+	defer s.workMu.Unlock()
+	if s.nwork == 0 {
+		close(ch)
+	} else {
+		s.idle = append(s.idle, ch)
+	}
+	return ch
+}
+
+func (s *Server) workAdd(d int) {
+	s.workMu.Lock()
+	defer s.workMu.Unlock()
+	s.nwork += d
+	if s.nwork == 0 {
+		for _, ch := range s.idle {
+			close(ch)
+		}
+		s.idle = nil
+	}
+}
+
+// Abort cancels every request in flight with cause; each is still answered.
+func (s *Server) Abort(cause error) { s.abort(cause) }
+
+// Close stops reading (if not yet), writes the answers still queued, closes
+// every connection and waits for their goroutines, up to ctx's deadline;
+// past it, connections are closed at once. Requests still in flight are
+// aborted with sidecar.ErrShuttingDown.
+func (s *Server) Close(ctx context.Context) error {
+	s.StopReading()
+	done := make(chan struct{})
+	go func() {
+		s.conns.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.abort(sidecar.ErrShuttingDown)
+		s.mu.Lock()
+		for c := range s.open {
+			c.c.SetDeadline(time.Now())
+		}
+		s.mu.Unlock()
+		<-done
+	}
+	<-s.served
+	return nil
+}
+
+func (s *Server) forget(c *conn) {
+	s.mu.Lock()
+	delete(s.open, c)
+	s.mu.Unlock()
+	s.active.Add(-1)
+	s.hooks.ConnClosed()
+	s.conns.Done()
+}
