@@ -3,10 +3,13 @@ module github.com/fender-sidecar/fender
 go 1.26.8
 
 require (
-	github.com/eapache/go-resiliency v1.7.0 // indirect
-	github.com/kelseyhightower/envconfig v1.4.0 // indirect
+	github.com/eapache/go-resiliency v1.7.0
+	github.com/kelseyhightower/envconfig v1.4.0
+	github.com/rs/zerolog v1.35.1
+	golang.org/x/sys v0.38.0
+)
+
+require (
 	github.com/mattn/go-colorable v0.1.14 // indirect
 	github.com/mattn/go-isatty v0.0.20 // indirect
-	github.com/rs/zerolog v1.35.1 // indirect
-	golang.org/x/sys v0.38.0 // indirect
 )
