@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -307,4 +308,27 @@ func BenchmarkHandleCall(b *testing.B) {
 			}
 		}
 	})
+}
+
+func TestUpstreamConnectionsAreReused(t *testing.T) {
+	var conns atomic.Int64
+	up := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, `{"ok":1}`)
+	}))
+	up.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		if st == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	up.Start()
+	defer up.Close()
+	s := MustService(t, up.URL, fastPolicy(), nil)
+	for i := 0; i < 20; i++ {
+		if a := MustHandle(t, s, `{"id":1,"upstream":"up","body":{"n":1}}`); a.code() != "ok" {
+			t.Fatalf("call %d: %s", i, a.code())
+		}
+	}
+	if got := conns.Load(); got != 1 {
+		t.Errorf("upstream connections for 20 sequential calls: got %d, want 1 (keep-alive)", got)
+	}
 }
