@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"errors"
 	"math"
 	"net/http"
 	"strconv"
@@ -82,6 +83,9 @@ func ParseRetryAfter(v string, now time.Time) (wait time.Duration, ok bool) {
 	}
 	if v[0] >= '0' && v[0] <= '9' {
 		secs, err := strconv.ParseUint(v, 10, 63)
+		if errors.Is(err, strconv.ErrRange) {
+			return time.Duration(math.MaxInt64), true // a wait past any deadline
+		}
 		if err != nil {
 			return 0, false
 		}
