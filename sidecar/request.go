@@ -1,7 +1,6 @@
 package sidecar
 
 import (
-	"bytes"
 	"encoding/json"
 	"math"
 	"strconv"
@@ -56,40 +55,69 @@ type Request struct {
 	Policy json.RawMessage
 }
 
-// wire is the request line as JSON, every field kept raw so that its type can
-// be checked strictly: defaults apply to absent fields only.
+// wire is the request line's members, each kept raw so that its type can be
+// checked strictly: defaults apply to absent fields only.
 type wire struct {
-	ID         json.RawMessage `json:"id"`
-	Op         json.RawMessage `json:"op"`
-	Upstream   json.RawMessage `json:"upstream"`
-	Method     json.RawMessage `json:"method"`
-	Path       json.RawMessage `json:"path"`
-	Headers    json.RawMessage `json:"headers"`
-	Body       json.RawMessage `json:"body"`
-	BodyText   json.RawMessage `json:"body_text"`
-	Model      json.RawMessage `json:"model"`
-	TimeoutMs  json.RawMessage `json:"timeout_ms"`
-	Retries    json.RawMessage `json:"retries"`
-	Cache      json.RawMessage `json:"cache"`
-	CacheTTLMs json.RawMessage `json:"cache_ttl_ms"`
-	Stream     json.RawMessage `json:"stream"`
-	URL        json.RawMessage `json:"url"`
-	Policy     json.RawMessage `json:"policy"`
+	ID, Op, Upstream, Method, Path, Headers, Body, BodyText, Model,
+	TimeoutMs, Retries, Cache, CacheTTLMs, Stream, URL, Policy json.RawMessage
 }
 
-// Decode parses one request line (without its line ending). On failure it
-// returns the id when it could be read (else nil, answered as null) and a
-// bad_request error naming the field.
+func (w *wire) set(m member) {
+	switch string(m.key) {
+	case "id":
+		w.ID = m.raw
+	case "op":
+		w.Op = m.raw
+	case "upstream":
+		w.Upstream = m.raw
+	case "method":
+		w.Method = m.raw
+	case "path":
+		w.Path = m.raw
+	case "headers":
+		w.Headers = m.raw
+	case "body":
+		w.Body = m.raw
+	case "body_text":
+		w.BodyText = m.raw
+	case "model":
+		w.Model = m.raw
+	case "timeout_ms":
+		w.TimeoutMs = m.raw
+	case "retries":
+		w.Retries = m.raw
+	case "cache":
+		w.Cache = m.raw
+	case "cache_ttl_ms":
+		w.CacheTTLMs = m.raw
+	case "stream":
+		w.Stream = m.raw
+	case "url":
+		w.URL = m.raw
+	case "policy":
+		w.Policy = m.raw
+	}
+}
+
+// Decode parses one request line (without its line ending). The request
+// keeps slices of line, which the caller must not change afterwards. On
+// failure it returns the id when it could be read (else nil, answered as
+// null) and a bad_request error naming the field.
 func Decode(line []byte) (*Request, *Error) {
-	var w wire
-	trimmed := bytes.TrimLeft(line, " \t\r\n")
-	if len(trimmed) == 0 || trimmed[0] != '{' {
-		return &Request{}, Errorf(CodeBadRequest, "request must be a JSON object")
-	}
-	if err := json.Unmarshal(line, &w); err != nil {
-		return &Request{}, Errorf(CodeBadRequest, "invalid JSON: %s", err.Error())
-	}
 	r := &Request{Retries: -1, CacheTTL: -1}
+	if t := skipSpace(line, 0); t >= len(line) || line[t] != '{' {
+		return r, Errorf(CodeBadRequest, "request must be a JSON object")
+	}
+	if !json.Valid(line) {
+		err := json.Unmarshal(line, new(json.RawMessage))
+		return r, Errorf(CodeBadRequest, "invalid JSON: %v", err)
+	}
+	var buf [16]member
+	ms, dup := members(line, buf[:0])
+	var w wire
+	for _, m := range ms {
+		w.set(m)
+	}
 	switch {
 	case len(w.ID) == 0:
 		return r, Errorf(CodeBadRequest, "id is required")
@@ -97,6 +125,9 @@ func Decode(line []byte) (*Request, *Error) {
 		r.ID = w.ID
 	default:
 		return r, Errorf(CodeBadRequest, "id must be a string or a number")
+	}
+	if dup != nil {
+		return r, Errorf(CodeBadRequest, "duplicate key %q", dup)
 	}
 	if !utf8.Valid(line) {
 		return r, Errorf(CodeBadRequest, "request line is not valid UTF-8")
@@ -159,38 +190,40 @@ func (r *Request) decodeCall(w *wire) *Error {
 		return err
 	}
 	if w.Headers != nil {
-		var h map[string]json.RawMessage
-		if w.Headers[0] != '{' || json.Unmarshal(w.Headers, &h) != nil {
+		if w.Headers[0] != '{' {
 			return Errorf(CodeBadRequest, "headers must be an object of strings")
 		}
-		r.Headers = make([][2]string, 0, len(h))
-		for k, v := range h {
-			var s string
-			if len(v) == 0 || v[0] != '"' || json.Unmarshal(v, &s) != nil {
-				return Errorf(CodeBadRequest, "headers: %q must be a string", k)
+		var hbuf [16]member
+		hs, dup := members(w.Headers, hbuf[:0])
+		if dup != nil {
+			return Errorf(CodeBadRequest, "headers: duplicate key %q", dup)
+		}
+		r.Headers = make([][2]string, 0, len(hs))
+		for _, m := range hs {
+			if m.raw[0] != '"' {
+				return Errorf(CodeBadRequest, "headers: %q must be a string", m.key)
 			}
-			if !isToken(k) {
-				return Errorf(CodeBadRequest, "headers: %q is not a valid header name", k)
+			s, err := unquote(m.raw)
+			if err != nil {
+				return Errorf(CodeBadRequest, "headers: %q must be a string", m.key)
+			}
+			if !isToken(string(m.key)) {
+				return Errorf(CodeBadRequest, "headers: %q is not a valid header name", m.key)
 			}
 			if strings.ContainsAny(s, "\r\n\x00") {
-				return Errorf(CodeBadRequest, "headers: %q has a value with CR, LF or NUL", k)
+				return Errorf(CodeBadRequest, "headers: %q has a value with CR, LF or NUL", m.key)
 			}
-			r.Headers = append(r.Headers, [2]string{k, s})
+			r.Headers = append(r.Headers, [2]string{string(m.key), s})
 		}
 	}
 	if w.Body != nil {
-		var buf bytes.Buffer
-		if err := json.Compact(&buf, w.Body); err != nil {
+		body, err := compactJSON(w.Body)
+		if err != nil {
 			return Errorf(CodeBadRequest, "body: %s", err.Error())
 		}
-		r.Body = buf.Bytes()
-		if r.Model == "" && w.Model == nil && r.Body[0] == '{' {
-			var m struct {
-				Model json.RawMessage `json:"model"`
-			}
-			if json.Unmarshal(r.Body, &m) == nil && len(m.Model) > 0 && m.Model[0] == '"' {
-				_ = json.Unmarshal(m.Model, &r.Model)
-			}
+		r.Body = body
+		if w.Model == nil && body[0] == '{' {
+			r.Model, _ = stringMember(body, "model")
 		}
 	}
 	if w.BodyText != nil {
@@ -239,9 +272,11 @@ func str(raw json.RawMessage, field string, dst *string) *Error {
 	if raw == nil {
 		return nil
 	}
-	if raw[0] != '"' || json.Unmarshal(raw, dst) != nil {
+	s, err := unquote(raw)
+	if err != nil {
 		return Errorf(CodeBadRequest, "%s must be a string", field)
 	}
+	*dst = s
 	return nil
 }
 
