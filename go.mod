@@ -12,4 +12,5 @@ require (
 require (
 	github.com/mattn/go-colorable v0.1.14 // indirect
 	github.com/mattn/go-isatty v0.0.20 // indirect
+	github.com/patrickmn/go-cache v2.1.0+incompatible // indirect
 )

@@ -14,6 +14,7 @@ import (
 
 	"github.com/fender-sidecar/fender/sidecar"
 	"github.com/fender-sidecar/fender/socket"
+	"github.com/fender-sidecar/fender/store"
 )
 
 // closeLimit bounds writing the last answers and closing connections after
@@ -29,6 +30,12 @@ func serve(stderr io.Writer) int {
 		return 2
 	}
 	log := newLogger(cfg, stderr)
+	cache := store.New(store.Options{MaxEntries: cfg.CacheMaxEntries, MaxBytes: cfg.CacheMaxBytes})
+	defer cache.Close()
+	if cfg.CacheSnapshot != "" {
+		loadSnapshot(log, cache, cfg.CacheSnapshot)
+	}
+	var srv *socket.Server
 	svc, err := sidecar.New(sidecar.Options{
 		Upstreams:        cfg.UpstreamConfigs(),
 		BasePolicy:       cfg.Base,
@@ -37,6 +44,8 @@ func serve(stderr io.Writer) int {
 		AdminUIDs:        cfg.AdminUIDs,
 		LogRequests:      cfg.LogRequests,
 		Logger:           log,
+		Cache:            cache,
+		Connections:      func() int64 { return srv.Connections() },
 	})
 	if err != nil {
 		fmt.Fprintf(stderr, "fender: configuration: %v\n", err)
@@ -48,7 +57,7 @@ func serve(stderr io.Writer) int {
 		log.Error().Err(err).Str("socket", cfg.Socket).Msg("cannot start")
 		return 1
 	}
-	srv := socket.NewServer(ln, svc, socket.Options{
+	srv = socket.NewServer(ln, svc, socket.Options{
 		MaxRequestBytes: cfg.MaxRequestBytes,
 		MaxConnInflight: cfg.MaxConnInflight,
 		AllowedUIDs:     cfg.AllowedUIDs,
@@ -79,9 +88,11 @@ func serve(stderr io.Writer) int {
 	case <-srv.Idle():
 	case <-timer.C:
 		log.Warn().Int64("inflight", svc.Inflight()).Msg("drain timeout: ending the requests still in flight")
+		svc.Abort(sidecar.ErrShuttingDown)
 		srv.Abort(sidecar.ErrShuttingDown)
 	case sig := <-sigs:
 		log.Warn().Str("signal", sig.String()).Int64("inflight", svc.Inflight()).Msg("second signal: ending the requests still in flight")
+		svc.Abort(sidecar.ErrShuttingDown)
 		srv.Abort(sidecar.ErrShuttingDown)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), closeLimit)
@@ -92,8 +103,29 @@ func serve(stderr io.Writer) int {
 	if err := os.Remove(cfg.Socket); err != nil && !errors.Is(err, os.ErrNotExist) {
 		log.Warn().Err(err).Msg("remove socket file")
 	}
+	if cfg.CacheSnapshot != "" {
+		if n, err := cache.Save(cfg.CacheSnapshot); err != nil {
+			log.Warn().Err(err).Str("path", cfg.CacheSnapshot).Msg("cache snapshot not written")
+		} else {
+			log.Info().Int("entries", n).Str("path", cfg.CacheSnapshot).Msg("cache snapshot written")
+		}
+	}
 	log.Info().Dur("drained_in", time.Since(start)).Msg("exit")
 	return 0
+}
+
+// loadSnapshot warms the cache from a snapshot; any failure is logged and
+// ignored, never fatal.
+func loadSnapshot(log zerolog.Logger, cache *store.Store, path string) {
+	n, err := cache.Load(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		log.Info().Str("path", path).Msg("no cache snapshot to load")
+	case err != nil:
+		log.Warn().Err(err).Str("path", path).Msg("cache snapshot ignored")
+	default:
+		log.Info().Int("entries", n).Str("path", path).Msg("cache snapshot loaded")
+	}
 }
 
 func newLogger(cfg *Config, stderr io.Writer) zerolog.Logger {

@@ -26,50 +26,6 @@ type outcome struct {
 	final      bool // the request itself is over (deadline, client gone, shutdown)
 }
 
-// call runs a call request through the breaker and the retrier to its upstream.
-func (s *Service) call(ctx context.Context, req *Request) *Result {
-	start := time.Now()
-	res := &Result{hasMeta: true}
-	res.Meta.Upstream, res.Meta.Model = req.Upstream, req.Model
-	up := s.upstream(req.Upstream)
-	if up == nil {
-		res.Err = Errorf(CodeUnknownUpstream, "no upstream named %q", req.Upstream)
-		res.Meta.Breaker = policy.Closed.String()
-		return res
-	}
-	lp := up.pol.Load()
-	deadline := lp.Deadline
-	if req.TimeoutMs > 0 {
-		deadline = time.Duration(req.TimeoutMs) * time.Millisecond
-	}
-	ctx, cancel := context.WithDeadline(ctx, start.Add(deadline))
-	defer cancel()
-	retries := lp.Retries
-	if req.Retries >= 0 {
-		retries = req.Retries
-	}
-	br := s.breakers.Get(up.name, req.Model, lp.Policy)
-	up.budget.Start()
-	last, attempts := s.retry(ctx, up, lp, br, req, retries)
-	up.budget.Done()
-
-	res.Meta.Attempts = attempts
-	res.Meta.Breaker = br.State().String()
-	if last.status > 0 {
-		res.Status, res.Header, res.Body = last.status, last.header, last.body
-	}
-	res.Err = last.err
-	if res.Err != nil && res.Err.Code != CodeShuttingDown && ctx.Err() != nil {
-		// A shutdown or a client that left while the request waited out a
-		// backoff ends it too.
-		if cause := context.Cause(ctx); errors.Is(cause, ErrShuttingDown) {
-			res.Err = Errorf(CodeShuttingDown, "drain timeout ended the request")
-		}
-	}
-	res.Meta.LatencyMs = float64(time.Since(start).Microseconds()) / 1000
-	return res
-}
-
 // retry makes the attempts of one request with go-resiliency's retrier and
 // returns the last outcome and the number of attempts made.
 func (s *Service) retry(ctx context.Context, up *upstream, lp *livePolicy, br *policy.Breaker, req *Request, retries int) (last outcome, attempts int) {
@@ -129,6 +85,7 @@ func (s *Service) retry(ctx context.Context, up *upstream, lp *livePolicy, br *p
 			return errStop
 		}
 		holding = true
+		s.rec.Retry(up.name)
 		s.hooks.Retry(up.name)
 		extra = max(wait-lp.MinBackoff(k), 0)
 		return errRetry

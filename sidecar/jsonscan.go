@@ -19,9 +19,10 @@ type member struct {
 }
 
 // members appends the members of obj, a valid JSON object, to into, in
-// order. It also returns the first key that appears twice, if any: parsers
-// disagree on which of two equal keys wins, so fender refuses the object.
-func members(obj []byte, into []member) (_ []member, dup []byte) {
+// order. With checkDup it also returns the first key that appears twice, if
+// any: parsers disagree on which of two equal keys wins, so fender refuses
+// the object. into must hold no other object's members when checkDup is set.
+func members(obj []byte, into []member, checkDup bool) (_ []member, dup []byte) {
 	var seen map[string]struct{}
 	i := skipSpace(obj, 0)
 	if i >= len(obj) || obj[i] != '{' {
@@ -38,7 +39,7 @@ func members(obj []byte, into []member) (_ []member, dup []byte) {
 		i = skipSpace(obj, kEnd)
 		i = skipSpace(obj, i+1) // ':'
 		vEnd := skipValue(obj, i)
-		if dup == nil {
+		if checkDup && dup == nil {
 			if seen != nil {
 				if _, ok := seen[string(key)]; ok {
 					dup = key

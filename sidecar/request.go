@@ -113,7 +113,7 @@ func Decode(line []byte) (*Request, *Error) {
 		return r, Errorf(CodeBadRequest, "invalid JSON: %v", err)
 	}
 	var buf [16]member
-	ms, dup := members(line, buf[:0])
+	ms, dup := members(line, buf[:0], true)
 	var w wire
 	for _, m := range ms {
 		w.set(m)
@@ -194,7 +194,7 @@ func (r *Request) decodeCall(w *wire) *Error {
 			return Errorf(CodeBadRequest, "headers must be an object of strings")
 		}
 		var hbuf [16]member
-		hs, dup := members(w.Headers, hbuf[:0])
+		hs, dup := members(w.Headers, hbuf[:0], true)
 		if dup != nil {
 			return Errorf(CodeBadRequest, "headers: duplicate key %q", dup)
 		}

@@ -14,6 +14,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/fender-sidecar/fender/policy"
+	"github.com/fender-sidecar/fender/stats"
+	"github.com/fender-sidecar/fender/store"
 )
 
 // Options configure a Service.
@@ -25,7 +27,10 @@ type Options struct {
 	AdminUIDs        []uint32
 	LogRequests      bool
 	Logger           zerolog.Logger
-	Hooks            Hooks // nil: none
+	Hooks            Hooks        // nil: none
+	Cache            *store.Store // nil: no caching
+	// Connections reports the open client connections, for the stats op.
+	Connections func() int64
 }
 
 // Hooks receive the pipeline's events, for telemetry. Implementations must be
@@ -42,6 +47,11 @@ type Hooks interface {
 	Request(upstream, code string, d time.Duration)
 	// Breaker reports a breaker state change.
 	Breaker(t policy.Transition)
+	// CacheResult reports how the cache served a call: hit, miss, stale or
+	// coalesced.
+	CacheResult(upstream, result string)
+	// Fallback reports a call answered by a fallback; kind is stale or upstream.
+	Fallback(upstream, kind string)
 }
 
 type nopHooks struct{}
@@ -51,6 +61,8 @@ func (nopHooks) Retry(string)                                  {}
 func (nopHooks) RetryBudgetExhausted(string)                   {}
 func (nopHooks) Request(string, string, time.Duration)         {}
 func (nopHooks) Breaker(policy.Transition)                     {}
+func (nopHooks) CacheResult(string, string)                    {}
+func (nopHooks) Fallback(string, string)                       {}
 
 // Peer is the identity of a connected client, from SO_PEERCRED.
 type Peer struct {
@@ -70,15 +82,23 @@ type Service struct {
 	mu  sync.Mutex                           // serialises configure
 	ups atomic.Pointer[map[string]*upstream] // copy on write
 
+	cache   *store.Store
+	flights flights
+	base    context.Context // cancelled by Abort: ends the shared (coalesced) calls
+	abort   context.CancelCauseFunc
+
 	inflight atomic.Int64
 	draining atomic.Bool
 
-	requests, success, errs atomic.Int64
+	rec *stats.Recorder
 }
 
 // New builds a Service from opts; every upstream URL and policy is validated.
 func New(opts Options) (*Service, error) {
-	s := &Service{opts: opts, log: opts.Logger.With().Str("component", "sidecar").Logger(), hooks: opts.Hooks}
+	s := &Service{opts: opts, log: opts.Logger.With().Str("component", "sidecar").Logger(), hooks: opts.Hooks, cache: opts.Cache}
+	s.flights.m = map[store.Key]*flight{}
+	s.rec = stats.New()
+	s.base, s.abort = context.WithCancelCause(context.Background())
 	if s.hooks == nil {
 		s.hooks = nopHooks{}
 	}
@@ -96,6 +116,7 @@ func New(opts Options) (*Service, error) {
 			return nil, fmt.Errorf("upstream %s: %w", c.Name, err)
 		}
 		ups[c.Name] = up
+		s.rec.Register(c.Name)
 	}
 	s.ups.Store(&ups)
 	return s, nil
@@ -104,6 +125,9 @@ func New(opts Options) (*Service, error) {
 func (s *Service) onTransition(t policy.Transition) {
 	s.log.Warn().Str("upstream", t.Upstream).Str("model", t.Model).
 		Str("from", t.From.String()).Str("to", t.To.String()).Msg("breaker state change")
+	if t.To == policy.Open {
+		s.rec.BreakerOpened(t.Upstream)
+	}
 	s.hooks.Breaker(t)
 }
 
@@ -112,6 +136,10 @@ func (s *Service) upstream(name string) *upstream { return (*s.ups.Load())[name]
 // Drain makes the Service answer every call that has not started with
 // shutting_down, and health report "draining".
 func (s *Service) Drain() { s.draining.Store(true) }
+
+// Abort ends every call in flight, shared calls included, with cause; each
+// is still answered. The socket layer aborts the callers' own contexts.
+func (s *Service) Abort(cause error) { s.abort(cause) }
 
 // Inflight returns the calls in flight.
 func (s *Service) Inflight() int64 { return s.inflight.Load() }
@@ -155,8 +183,12 @@ func (s *Service) Handle(ctx context.Context, peer Peer, line []byte, dst []byte
 		}
 		return s.appendJSON(dst, req.ID, "policy", p)
 	case OpPurge:
-		s.log.Info().Uint32("peer_uid", peer.UID).Str("upstream", req.Upstream).Int("purged", 0).Msg("purge")
-		return s.appendJSON(dst, req.ID, "purged", 0)
+		n := 0
+		if s.cache != nil {
+			n = s.cache.Purge(req.Upstream)
+		}
+		s.log.Info().Uint32("peer_uid", peer.UID).Str("upstream", req.Upstream).Int("purged", n).Msg("purge")
+		return s.appendJSON(dst, req.ID, "purged", n)
 	case OpReset:
 		n := s.breakers.Reset(req.Upstream, req.Model)
 		s.log.Info().Uint32("peer_uid", peer.UID).Str("upstream", req.Upstream).Str("model", req.Model).Int("reset", n).Msg("reset")
@@ -181,14 +213,11 @@ func (s *Service) Handle(ctx context.Context, peer Peer, line []byte, dst []byte
 // finish counts and logs a call's result.
 func (s *Service) finish(req *Request, res *Result) {
 	code := "ok"
-	s.requests.Add(1)
 	if res.Err != nil {
 		code = string(res.Err.Code)
-		s.errs.Add(1)
-	} else {
-		s.success.Add(1)
 	}
 	d := time.Duration(res.Meta.LatencyMs * float64(time.Millisecond))
+	s.rec.Request(req.Upstream, code, d)
 	s.hooks.Request(req.Upstream, code, d)
 	if s.opts.LogRequests {
 		s.log.Info().RawJSON("id", req.ID).Str("upstream", req.Upstream).Str("model", req.Model).
@@ -246,15 +275,22 @@ func (s *Service) health() any {
 }
 
 func (s *Service) stats() any {
-	req, ok := s.requests.Load(), s.success.Load()
-	rate := 0.0
-	if req > 0 {
-		rate = float64(ok) / float64(req)
+	type overall struct {
+		stats.Snapshot
+		Inflight     int64                     `json:"inflight"`
+		Connections  int64                     `json:"connections"`
+		CacheEntries int                       `json:"cache_entries"`
+		CacheBytes   int64                     `json:"cache_bytes"`
+		Upstreams    map[string]stats.Snapshot `json:"upstreams"`
 	}
-	return map[string]any{
-		"requests": req, "success": ok, "errors": s.errs.Load(),
-		"success_rate": rate, "inflight": s.inflight.Load(),
+	o := overall{Snapshot: s.rec.Overall(), Inflight: s.inflight.Load(), Upstreams: s.rec.Upstreams()}
+	if s.opts.Connections != nil {
+		o.Connections = s.opts.Connections()
 	}
+	if s.cache != nil {
+		o.CacheEntries, o.CacheBytes = s.cache.Len(), s.cache.Bytes()
+	}
+	return o
 }
 
 // configure adds or changes an upstream (admin op). The policy's keys
@@ -306,6 +342,7 @@ func (s *Service) configure(req *Request, peer Peer) (policy.Policy, *Error) {
 		}
 		next[req.Upstream] = nu
 		s.ups.Store(&next)
+		s.rec.Register(req.Upstream)
 		if up != nil {
 			up.close()
 		}
@@ -324,4 +361,16 @@ func (s *Service) configure(req *Request, peer Peer) (policy.Policy, *Error) {
 	s.log.Info().Uint32("peer_uid", peer.UID).Str("upstream", req.Upstream).Bool("new", up == nil).
 		Strs("keys", keys).Msg("configure")
 	return p, nil
+}
+
+// cacheResult reports how the cache served a call of upstream.
+func (s *Service) cacheResult(upstream, result string) {
+	s.rec.CacheResult(upstream, result)
+	s.hooks.CacheResult(upstream, result)
+}
+
+// fallback reports a call of upstream answered by a fallback.
+func (s *Service) fallback(upstream, kind string) {
+	s.rec.Fallback(upstream, kind)
+	s.hooks.Fallback(upstream, kind)
 }
