@@ -42,18 +42,24 @@ func (s *Service) coalesce(ctx context.Context, key store.Key, up *upstream, lp 
 		fctx, cancelDl := context.WithDeadline(fctx, dl)
 		stop := context.AfterFunc(s.base, func() { cancel(context.Cause(s.base)) })
 		f.cancel = cancel
+		f.res.hasMeta = true
+		f.res.Meta = res.Meta
 		freq := *req
 		go func() {
 			defer cancel(nil)
 			defer cancelDl()
 			defer stop()
-			f.res.hasMeta = true
-			f.res.Meta = res.Meta
+			defer func() {
+				if p := recover(); p != nil {
+					s.log.Error().Interface("panic", p).Str("upstream", up.name).Msg("shared call panicked")
+					f.res.Err = Errorf(CodeInternal, "internal error")
+				}
+				s.flights.mu.Lock()
+				delete(s.flights.m, key)
+				s.flights.mu.Unlock()
+				close(f.done)
+			}()
 			s.resolve(fctx, up, lp, &freq, &key, &f.res)
-			s.flights.mu.Lock()
-			delete(s.flights.m, key)
-			s.flights.mu.Unlock()
-			close(f.done)
 		}()
 	}
 	f.waiters++
