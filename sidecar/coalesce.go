@@ -64,11 +64,6 @@ func (s *Service) coalesce(ctx context.Context, key store.Key, up *upstream, lp 
 	}
 	f.waiters++
 	s.flights.mu.Unlock()
-	if joined {
-		s.cacheResult(up.name, "coalesced")
-	} else {
-		s.cacheResult(up.name, "miss")
-	}
 
 	select {
 	case <-f.done:
@@ -96,8 +91,6 @@ func (s *Service) coalesce(ctx context.Context, key store.Key, up *upstream, lp 
 		res.Err = Errorf(CodeUnavailable, "client disconnected")
 	default:
 		if e, _, ok := s.cache.Get(key); ok {
-			s.cacheResult(up.name, "stale")
-			s.fallback(up.name, "stale")
 			res.fromEntry(e)
 			res.Meta.Cached, res.Meta.Stale, res.Meta.Fallback = true, true, "stale"
 			return

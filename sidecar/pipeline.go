@@ -37,16 +37,17 @@ func (s *Service) call(ctx context.Context, req *Request) *Result {
 		key := cacheKey(up.name, req, lp.CacheVaryHeaders)
 		if req.Cache == CacheUse {
 			if e, fresh, ok := s.cache.Get(key); ok && fresh {
-				s.cacheResult(up.name, "hit")
 				res.fromEntry(e)
 				res.Meta.Cached = true
 				res.Meta.Breaker = s.breakers.Get(up.name, req.Model, lp.Policy).State().String()
+				s.report(up.name, res, true)
 				res.Meta.LatencyMs = sinceMs(start)
 				return res
 			}
 		}
 		s.coalesce(ctx, key, up, lp, req, res)
 	}
+	s.report(up.name, res, s.cache != nil && req.Cache != CacheBypass)
 	if res.Err != nil && res.Err.Code != CodeShuttingDown && ctx.Err() != nil {
 		// A shutdown while the request waited ends it too.
 		if errors.Is(context.Cause(ctx), ErrShuttingDown) {
@@ -55,6 +56,30 @@ func (s *Service) call(ctx context.Context, req *Request) *Result {
 	}
 	res.Meta.LatencyMs = sinceMs(start)
 	return res
+}
+
+// report counts, once per answer, how the cache served it (when the cache was
+// used: hit, stale, coalesced or miss) and whether a fallback answered.
+func (s *Service) report(upstream string, res *Result, cached bool) {
+	if cached {
+		switch {
+		case res.Meta.Stale:
+			s.cacheResult(upstream, "stale")
+		case res.Meta.Cached:
+			s.cacheResult(upstream, "hit")
+		case res.Meta.Coalesced:
+			s.cacheResult(upstream, "coalesced")
+		default:
+			s.cacheResult(upstream, "miss")
+		}
+	}
+	switch res.Meta.Fallback {
+	case "":
+	case "stale":
+		s.fallback(upstream, "stale")
+	default:
+		s.fallback(upstream, "upstream")
+	}
 }
 
 func sinceMs(t time.Time) float64 { return float64(time.Since(t).Microseconds()) / 1000 }
@@ -90,8 +115,6 @@ func (s *Service) resolve(ctx context.Context, up *upstream, lp *livePolicy, req
 	}
 	if key != nil {
 		if e, _, ok := s.cache.Get(*key); ok {
-			s.cacheResult(up.name, "stale")
-			s.fallback(up.name, "stale")
 			res.fromEntry(e)
 			res.Err = nil
 			res.Meta.Cached, res.Meta.Stale, res.Meta.Fallback = true, true, "stale"
@@ -119,7 +142,6 @@ func (s *Service) resolve(ctx context.Context, up *upstream, lp *livePolicy, req
 		fu.budget.Done()
 		res.Meta.Attempts += n
 		if flast.err == nil {
-			s.fallback(up.name, "upstream")
 			res.setOutcome(&flast)
 			res.Meta.Fallback = f
 			return
