@@ -5,11 +5,13 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"sync/atomic"
 	"testing"
 
 	"github.com/rs/zerolog"
 
 	"github.com/fender-sidecar/fender/policy"
+	"github.com/fender-sidecar/fender/stats"
 	"github.com/fender-sidecar/fender/store"
 )
 
@@ -64,11 +66,17 @@ func TestCacheKey(t *testing.T) {
 	}
 }
 
-// BenchmarkHandleCacheHit is the cache-hit path: decode, key, lookup, encode.
+// BenchmarkHandleCacheHit is the cache-hit path: decode, key, lookup, encode,
+// with telemetry off (no hooks) and on (the VictoriaMetrics series).
 func BenchmarkHandleCacheHit(b *testing.B) {
-	var calls int
+	b.Run("telemetry=off", func(b *testing.B) { benchCacheHit(b, nil) })
+	b.Run("telemetry=on", func(b *testing.B) { benchCacheHit(b, stats.NewMetrics([]string{"up"}, stats.Gauges{})) })
+}
+
+func benchCacheHit(b *testing.B, hooks Hooks) {
+	var calls atomic.Int64
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		calls++
+		calls.Add(1)
 		io.Copy(io.Discard, r.Body)
 		w.Header().Set("Content-Type", "application/json")
 		io.WriteString(w, `{"model":"phi3","response":"The dragon sleeps under the mountain.","done":true}`)
@@ -80,6 +88,7 @@ func BenchmarkHandleCacheHit(b *testing.B) {
 		Upstreams: []UpstreamConfig{{Name: "up", URL: up.URL, Policy: policy.Default()}},
 		Logger:    zerolog.Nop(),
 		Cache:     cache,
+		Hooks:     hooks,
 	})
 	if err != nil {
 		b.Fatal(err)
@@ -98,7 +107,7 @@ func BenchmarkHandleCacheHit(b *testing.B) {
 		}
 	})
 	b.StopTimer()
-	if calls != 1 {
-		b.Fatalf("upstream calls: %d, want 1", calls)
+	if n := calls.Load(); n != 1 {
+		b.Fatalf("upstream calls: %d, want 1", n)
 	}
 }

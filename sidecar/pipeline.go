@@ -85,7 +85,7 @@ func (s *Service) report(upstream string, res *Result, cached bool) {
 func sinceMs(t time.Time) float64 { return float64(time.Since(t).Microseconds()) / 1000 }
 
 func (r *Result) fromEntry(e *store.Entry) {
-	r.Status, r.Header, r.Body = e.Status, e.Header, e.Body
+	r.Status, r.Header, r.Body, r.encoded = e.Status, e.Header, e.Body, e.Encoded
 }
 
 // resolve answers req from its upstreams: the primary through its breaker and
@@ -151,7 +151,7 @@ func (s *Service) resolve(ctx context.Context, up *upstream, lp *livePolicy, req
 
 // setOutcome makes o the answer of r.
 func (r *Result) setOutcome(o *outcome) {
-	r.Status, r.Header, r.Body = 0, nil, nil
+	r.Status, r.Header, r.Body, r.encoded = 0, nil, nil, nil
 	if o.status > 0 {
 		r.Status, r.Header, r.Body = o.status, o.header, o.body
 	}
@@ -190,7 +190,7 @@ func (s *Service) store(key store.Key, upstream string, lp *livePolicy, req *Req
 	}
 	now := time.Now()
 	s.cache.Set(key, &store.Entry{
-		Upstream: upstream, Status: o.status, Header: o.header, Body: o.body,
+		Upstream: upstream, Status: o.status, Header: o.header, Body: o.body, Encoded: appendBody(nil, o.body),
 		Fresh: now.Add(ttl), Stale: now.Add(ttl + lp.CacheStale),
 	})
 }

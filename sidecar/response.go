@@ -28,6 +28,7 @@ type Result struct {
 	Status  int
 	Header  http.Header
 	Body    []byte
+	encoded []byte // Body already encoded for the answer line (a cache entry's)
 	Err     *Error
 	Meta    Meta
 	hasMeta bool
@@ -65,7 +66,11 @@ func appendResult(dst []byte, id []byte, r *Result) []byte {
 		dst = append(dst, `,"headers":`...)
 		dst = appendHeaders(dst, r.Header)
 		dst = append(dst, `,"body":`...)
-		dst = appendBody(dst, r.Body)
+		if r.encoded != nil {
+			dst = append(dst, r.encoded...)
+		} else {
+			dst = appendBody(dst, r.Body)
+		}
 	}
 	if r.hasMeta {
 		m := &r.Meta

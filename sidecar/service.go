@@ -45,8 +45,14 @@ type Hooks interface {
 	RetryBudgetExhausted(upstream string)
 	// Request reports a finished call; code is "ok" or an error code.
 	Request(upstream, code string, d time.Duration)
-	// Breaker reports a breaker state change.
-	Breaker(t policy.Transition)
+	// Breaker reports a breaker of (upstream, model) entering state to:
+	// closed, open or half_open.
+	Breaker(upstream, model, to string)
+	// Rejected reports a request refused before it ran: overloaded,
+	// bad_request or forbidden.
+	Rejected(reason string)
+	// Register reports an upstream added at run time (configure).
+	Register(upstream string)
 	// CacheResult reports how the cache served a call: hit, miss, stale or
 	// coalesced.
 	CacheResult(upstream, result string)
@@ -60,7 +66,9 @@ func (nopHooks) Attempt(string, string, string, time.Duration) {}
 func (nopHooks) Retry(string)                                  {}
 func (nopHooks) RetryBudgetExhausted(string)                   {}
 func (nopHooks) Request(string, string, time.Duration)         {}
-func (nopHooks) Breaker(policy.Transition)                     {}
+func (nopHooks) Breaker(string, string, string)                {}
+func (nopHooks) Rejected(string)                               {}
+func (nopHooks) Register(string)                               {}
 func (nopHooks) CacheResult(string, string)                    {}
 func (nopHooks) Fallback(string, string)                       {}
 
@@ -128,7 +136,7 @@ func (s *Service) onTransition(t policy.Transition) {
 	if t.To == policy.Open {
 		s.rec.BreakerOpened(t.Upstream)
 	}
-	s.hooks.Breaker(t)
+	s.hooks.Breaker(t.Upstream, t.Model, t.To.String())
 }
 
 func (s *Service) upstream(name string) *upstream { return (*s.ups.Load())[name] }
@@ -136,6 +144,9 @@ func (s *Service) upstream(name string) *upstream { return (*s.ups.Load())[name]
 // Drain makes the Service answer every call that has not started with
 // shutting_down, and health report "draining".
 func (s *Service) Drain() { s.draining.Store(true) }
+
+// Draining reports whether Drain was called.
+func (s *Service) Draining() bool { return s.draining.Load() }
 
 // Abort ends every call in flight, shared calls included, with cause; each
 // is still answered. The socket layer aborts the callers' own contexts.
@@ -158,6 +169,7 @@ func (s *Service) Close() error {
 func (s *Service) Handle(ctx context.Context, peer Peer, line []byte, dst []byte) (out []byte) {
 	req, derr := Decode(line)
 	if derr != nil {
+		s.hooks.Rejected(string(CodeBadRequest))
 		return AppendError(dst, req.ID, derr)
 	}
 	defer func() {
@@ -167,6 +179,8 @@ func (s *Service) Handle(ctx context.Context, peer Peer, line []byte, dst []byte
 		}
 	}()
 	if req.Op.Admin() && !s.isAdmin(peer) {
+		s.hooks.Rejected(string(CodeForbidden))
+		s.log.Warn().Uint32("peer_uid", peer.UID).Str("op", string(req.Op)).Msg("admin op refused")
 		return AppendError(dst, req.ID, Errorf(CodeForbidden, "%s is an admin op; peer uid %d is not an admin", req.Op, peer.UID))
 	}
 	switch req.Op {
@@ -179,6 +193,7 @@ func (s *Service) Handle(ctx context.Context, peer Peer, line []byte, dst []byte
 	case OpConfigure:
 		p, err := s.configure(req, peer)
 		if err != nil {
+			s.hooks.Rejected(string(CodeBadRequest))
 			return AppendError(dst, req.ID, err)
 		}
 		return s.appendJSON(dst, req.ID, "policy", p)
@@ -195,19 +210,28 @@ func (s *Service) Handle(ctx context.Context, peer Peer, line []byte, dst []byte
 		return s.appendJSON(dst, req.ID, "reset", n)
 	}
 	if req.Stream {
+		s.hooks.Rejected(string(CodeBadRequest))
 		return AppendError(dst, req.ID, Errorf(CodeBadRequest, "stream: streaming is not supported by this build yet"))
 	}
 	if s.draining.Load() {
-		return AppendError(dst, req.ID, Errorf(CodeShuttingDown, "fender is draining"))
+		return s.refuse(dst, req, Errorf(CodeShuttingDown, "fender is draining"))
 	}
 	if s.inflight.Add(1) > int64(s.opts.MaxInflight) {
 		s.inflight.Add(-1)
-		return AppendError(dst, req.ID, Errorf(CodeOverloaded, "%d requests already in flight", s.opts.MaxInflight))
+		s.hooks.Rejected(string(CodeOverloaded))
+		return s.refuse(dst, req, Errorf(CodeOverloaded, "%d requests already in flight", s.opts.MaxInflight))
 	}
 	defer s.inflight.Add(-1)
 	res := s.call(ctx, req)
 	s.finish(req, res)
 	return appendResult(dst, req.ID, res)
+}
+
+// refuse answers a call that was not started, counting it like any call.
+func (s *Service) refuse(dst []byte, req *Request, e *Error) []byte {
+	res := &Result{Err: e}
+	s.finish(req, res)
+	return AppendError(dst, req.ID, e)
 }
 
 // finish counts and logs a call's result.
@@ -343,6 +367,7 @@ func (s *Service) configure(req *Request, peer Peer) (policy.Policy, *Error) {
 		next[req.Upstream] = nu
 		s.ups.Store(&next)
 		s.rec.Register(req.Upstream)
+		s.hooks.Register(req.Upstream)
 		if up != nil {
 			up.close()
 		}

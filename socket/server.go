@@ -63,7 +63,8 @@ type Server struct {
 	mu       sync.Mutex
 	open     map[*conn]struct{}
 	stopping bool
-	served   chan struct{}
+	started  atomic.Bool
+	served   chan struct{} // closed when Serve returns
 }
 
 // NewServer returns a Server for ln; it does not accept until Serve.
@@ -85,6 +86,7 @@ func NewServer(ln *net.UnixListener, h Handler, opts Options) *Server {
 
 // Serve accepts connections until StopReading; it returns nil then.
 func (s *Server) Serve() error {
+	s.started.Store(true)
 	defer close(s.served)
 	for {
 		c, err := s.ln.AcceptUnix()
@@ -200,7 +202,9 @@ func (s *Server) Close(ctx context.Context) error {
 		s.mu.Unlock()
 		<-done
 	}
-	<-s.served
+	if s.started.Load() {
+		<-s.served
+	}
 	return nil
 }
 

@@ -28,6 +28,7 @@ type Entry struct {
 	Status   int
 	Header   http.Header
 	Body     []byte
+	Encoded  []byte    // Body as it appears in an answer line, encoded once
 	Fresh    time.Time // fresh until
 	Stale    time.Time // served stale (on errors) until
 }
@@ -38,7 +39,7 @@ const overhead = 256
 
 // Size is what the entry counts against the byte bound: at least its body.
 func (e *Entry) Size() int64 {
-	n := int64(len(e.Body)+len(e.Upstream)) + overhead
+	n := int64(len(e.Body)+len(e.Encoded)+len(e.Upstream)) + overhead
 	for k, vs := range e.Header {
 		n += int64(len(k))
 		for _, v := range vs {
