@@ -2,9 +2,6 @@ package sidecar
 
 import (
 	"context"
-	"io"
-	"net/http"
-	"net/http/httptest"
 	"sync/atomic"
 	"testing"
 
@@ -75,13 +72,7 @@ func BenchmarkHandleCacheHit(b *testing.B) {
 
 func benchCacheHit(b *testing.B, hooks Hooks) {
 	var calls atomic.Int64
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		calls.Add(1)
-		io.Copy(io.Discard, r.Body)
-		w.Header().Set("Content-Type", "application/json")
-		io.WriteString(w, `{"model":"phi3","response":"The dragon sleeps under the mountain.","done":true}`)
-	}))
-	defer up.Close()
+	up := fakeLLM(b, &calls)
 	cache := store.New(store.Options{})
 	defer cache.Close()
 	s, err := New(Options{
@@ -93,20 +84,8 @@ func benchCacheHit(b *testing.B, hooks Hooks) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	line := []byte(`{"id":"r1","upstream":"up","path":"/api/generate","body":{"model":"phi3","prompt":"Where is the dragon?","stream":false}}`)
-	s.Handle(context.Background(), Peer{}, line, nil)
-	b.ReportAllocs()
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		buf := make([]byte, 0, 1024)
-		for pb.Next() {
-			out := s.Handle(context.Background(), Peer{}, line, buf[:0])
-			if len(out) < 20 || string(out[:19]) != `{"id":"r1","ok":tru` {
-				b.Fatalf("answer %s", out)
-			}
-		}
-	})
-	b.StopTimer()
+	s.Handle(context.Background(), Peer{}, benchLine, nil)
+	runHandleBench(b, s)
 	if n := calls.Load(); n != 1 {
 		b.Fatalf("upstream calls: %d, want 1", n)
 	}

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -286,49 +285,45 @@ func TestConfigure(t *testing.T) {
 	}
 }
 
-// BenchmarkHandleCall measures the whole in-process path of one call: decode
-// the request line, run it through breaker and retrier to an httptest
-// upstream over loopback, encode the answer.
-func BenchmarkHandleCall(b *testing.B) {
+// benchLine is a typical LLM call line.
+var benchLine = []byte(`{"id":"r1","upstream":"up","path":"/api/generate","body":{"model":"phi3","prompt":"Where is the dragon?","stream":false}}`)
+
+// fakeLLM is an httptest upstream answering like Ollama's /api/generate; it
+// counts the calls it gets.
+func fakeLLM(tb testing.TB, calls *atomic.Int64) *httptest.Server {
+	tb.Helper()
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
 		io.Copy(io.Discard, r.Body)
 		w.Header().Set("Content-Type", "application/json")
 		io.WriteString(w, `{"model":"phi3","response":"The dragon sleeps under the mountain.","done":true}`)
 	}))
-	defer up.Close()
-	s := MustService(b, up.URL, policy.Default(), nil)
-	line := []byte(`{"id":"r1","upstream":"up","path":"/api/generate","body":{"model":"phi3","prompt":"Where is the dragon?","stream":false}}`)
+	tb.Cleanup(up.Close)
+	return up
+}
+
+// runHandleBench sends benchLine through s from parallel goroutines.
+func runHandleBench(b *testing.B, s *Service) {
 	b.ReportAllocs()
+	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		buf := make([]byte, 0, 1024)
 		for pb.Next() {
-			out := s.Handle(context.Background(), Peer{}, line, buf[:0])
+			out := s.Handle(context.Background(), Peer{}, benchLine, buf[:0])
 			if len(out) < 20 || string(out[:19]) != `{"id":"r1","ok":tru` {
 				b.Fatalf("answer %s", out)
 			}
 		}
 	})
+	b.StopTimer()
 }
 
-func TestUpstreamConnectionsAreReused(t *testing.T) {
-	var conns atomic.Int64
-	up := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.WriteString(w, `{"ok":1}`)
-	}))
-	up.Config.ConnState = func(_ net.Conn, st http.ConnState) {
-		if st == http.StateNew {
-			conns.Add(1)
-		}
-	}
-	up.Start()
-	defer up.Close()
-	s := MustService(t, up.URL, fastPolicy(), nil)
-	for i := 0; i < 20; i++ {
-		if a := MustHandle(t, s, `{"id":1,"upstream":"up","body":{"n":1}}`); a.code() != "ok" {
-			t.Fatalf("call %d: %s", i, a.code())
-		}
-	}
-	if got := conns.Load(); got != 1 {
-		t.Errorf("upstream connections for 20 sequential calls: got %d, want 1 (keep-alive)", got)
-	}
+// BenchmarkHandleCall measures the whole in-process path of one call: decode
+// the request line, run it through breaker and retrier to an httptest
+// upstream over loopback, encode the answer.
+func BenchmarkHandleCall(b *testing.B) {
+	var calls atomic.Int64
+	up := fakeLLM(b, &calls)
+	s := MustService(b, up.URL, policy.Default(), nil)
+	runHandleBench(b, s)
 }
