@@ -126,11 +126,14 @@ func Decode(line []byte) (*Request, *Error) {
 	default:
 		return r, Errorf(CodeBadRequest, "id must be a string or a number")
 	}
+	if !utf8.Valid(line) {
+		if !utf8.Valid(r.ID) {
+			r.ID = nil // echoing it would make the answer invalid too
+		}
+		return r, Errorf(CodeBadRequest, "request line is not valid UTF-8")
+	}
 	if dup != nil {
 		return r, Errorf(CodeBadRequest, "duplicate key %q", dup)
-	}
-	if !utf8.Valid(line) {
-		return r, Errorf(CodeBadRequest, "request line is not valid UTF-8")
 	}
 	var err *Error
 	op := "call"
