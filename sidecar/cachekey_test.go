@@ -84,7 +84,7 @@ func benchCacheHit(b *testing.B, hooks Hooks) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	s.Handle(context.Background(), Peer{}, benchLine, nil)
+	s.Handle(context.Background(), Peer{}, benchLine, nil, nil)
 	runHandleBench(b, s)
 	if n := calls.Load(); n != 1 {
 		b.Fatalf("upstream calls: %d, want 1", n)

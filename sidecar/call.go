@@ -22,8 +22,9 @@ type outcome struct {
 	err        *Error // nil on success
 	retryAfter time.Duration
 	hasRA      bool
-	failure    bool // a breaker failure
-	final      bool // the request itself is over (deadline, client gone, shutdown)
+	failure    bool            // a breaker failure
+	final      bool            // the request itself is over (deadline, client gone, shutdown)
+	stream     *upstreamStream // an open streamed answer, first chunk read
 }
 
 // retry makes the attempts of one request with go-resiliency's retrier and
@@ -101,10 +102,31 @@ func breakerName(upstream, model string) string {
 	return upstream + ":" + model
 }
 
-// attempt sends the request to the upstream once, under the per-attempt timeout.
+// attempt sends the request to the upstream once, under the per-attempt
+// timeout. A streamed 2xx answer is read up to its first chunk only, with
+// the timeout applying to each gap between reads; the outcome then carries
+// the open stream.
 func (s *Service) attempt(ctx context.Context, up *upstream, lp *livePolicy, req *Request) (o outcome) {
-	actx, cancel := context.WithTimeout(ctx, lp.Timeout)
-	defer cancel()
+	var actx context.Context
+	var cancel context.CancelCauseFunc
+	var idle *idleTimer
+	if req.Stream {
+		actx, cancel = context.WithCancelCause(ctx)
+		idle = newIdleTimer(lp.Timeout, func() { cancel(errIdle) })
+	} else {
+		var stop context.CancelFunc
+		actx, stop = context.WithTimeout(ctx, lp.Timeout)
+		cancel = func(error) { stop() }
+	}
+	keep := false // the stream outlives the attempt
+	defer func() {
+		if !keep {
+			if idle != nil {
+				idle.stop()
+			}
+			cancel(nil)
+		}
+	}()
 	var body io.Reader
 	switch {
 	case req.Body != nil:
@@ -118,30 +140,37 @@ func (s *Service) attempt(ctx context.Context, up *upstream, lp *livePolicy, req
 	}
 	setHeaders(hreq.Header, req)
 	start := time.Now()
+	defer func() { s.hooks.Attempt(up.name, req.Model, o.label(), time.Since(start)) }()
 	resp, err := up.client.Do(hreq)
 	if err != nil {
-		o = transportFailure(ctx, actx, err, lp.Timeout)
-		s.hooks.Attempt(up.name, req.Model, o.label(), time.Since(start))
-		return o
-	}
-	defer resp.Body.Close()
-	limit := s.opts.MaxResponseBytes
-	data, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
-	if err != nil {
-		o = transportFailure(ctx, actx, err, lp.Timeout)
-		s.hooks.Attempt(up.name, req.Model, o.label(), time.Since(start))
-		return o
+		return transportFailure(ctx, actx, err, lp.Timeout)
 	}
 	for k := range resp.Header {
 		if hopHeaders[k] {
 			delete(resp.Header, k)
 		}
 	}
+	limit := s.opts.MaxResponseBytes
+	if req.Stream && resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		st, err := openStream(actx, cancel, idle, resp, limit)
+		if err != nil {
+			resp.Body.Close()
+			if errors.Is(err, errTooLarge) {
+				return outcome{class: policy.Permanent, err: Errorf(CodeTooLarge, "upstream stream chunk is over %d bytes", limit)}
+			}
+			return transportFailure(ctx, actx, err, lp.Timeout)
+		}
+		keep = true
+		return outcome{status: resp.StatusCode, header: resp.Header, class: policy.Success, stream: st}
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	if err != nil {
+		return transportFailure(ctx, actx, err, lp.Timeout)
+	}
 	o = outcome{status: resp.StatusCode, header: resp.Header, body: data, class: policy.ClassifyStatus(resp.StatusCode)}
 	if int64(len(data)) > limit {
-		o = outcome{class: policy.Permanent, err: Errorf(CodeTooLarge, "upstream body is over %d bytes", limit)}
-		s.hooks.Attempt(up.name, req.Model, o.label(), time.Since(start))
-		return o
+		return outcome{class: policy.Permanent, err: Errorf(CodeTooLarge, "upstream body is over %d bytes", limit)}
 	}
 	if o.class != policy.Success {
 		o.err = &Error{Code: CodeUpstreamStatus, Message: "upstream answered " + resp.Status, Retryable: policy.RetryableStatus(o.status)}
@@ -150,7 +179,6 @@ func (s *Service) attempt(ctx context.Context, up *upstream, lp *livePolicy, req
 			o.retryAfter, o.hasRA = policy.ParseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
 		}
 	}
-	s.hooks.Attempt(up.name, req.Model, o.label(), time.Since(start))
 	return o
 }
 
@@ -166,7 +194,7 @@ func transportFailure(ctx, actx context.Context, err error, timeout time.Duratio
 		}
 		return outcome{class: policy.Transient, final: true, failure: true, err: Errorf(CodeTimeout, "deadline passed during the attempt")}
 	}
-	if errors.Is(actx.Err(), context.DeadlineExceeded) {
+	if cause := context.Cause(actx); errors.Is(cause, context.DeadlineExceeded) || errors.Is(cause, errIdle) {
 		return outcome{class: policy.Transient, failure: true, err: Errorf(CodeTimeout, "attempt timed out after %s", timeout)}
 	}
 	return outcome{class: policy.Transient, failure: true, err: Errorf(CodeUnavailable, "%s", err.Error())}

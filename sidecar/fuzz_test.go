@@ -47,7 +47,7 @@ func FuzzDecode(f *testing.F) {
 			}
 			// ping, health, stats and unknown upstreams answer without I/O.
 			if req.Op != OpCall || req.Upstream != "" {
-				out = s.Handle(context.Background(), Peer{}, line, nil)
+				out = s.Handle(context.Background(), Peer{}, line, nil, nil)
 			}
 		}
 		if out == nil {

@@ -13,7 +13,7 @@ import (
 // call runs a call request through the pipeline: cache, coalescing, then the
 // primary upstream through its breaker and retrier, then stale-if-error and
 // the fallback upstreams; a 2xx answer of the primary is stored.
-func (s *Service) call(ctx context.Context, req *Request) *Result {
+func (s *Service) call(ctx context.Context, req *Request, emit Emit) *Result {
 	start := time.Now()
 	res := &Result{hasMeta: true}
 	res.Meta.Upstream, res.Meta.Model = req.Upstream, req.Model
@@ -31,8 +31,11 @@ func (s *Service) call(ctx context.Context, req *Request) *Result {
 	ctx, cancel := context.WithDeadline(ctx, start.Add(deadline))
 	defer cancel()
 
-	if s.cache == nil || req.Cache == CacheBypass {
-		s.resolve(ctx, up, lp, req, nil, res)
+	if s.cache == nil || req.Cache == CacheBypass || req.Stream {
+		s.resolve(ctx, up, lp, req, nil, res) // streamed answers are not cached
+		if res.stream != nil {
+			s.pump(ctx, req.ID, up.name, lp, res, emit, start)
+		}
 	} else {
 		key := cacheKey(up.name, req, lp.CacheVaryHeaders)
 		if req.Cache == CacheUse {
@@ -47,7 +50,7 @@ func (s *Service) call(ctx context.Context, req *Request) *Result {
 		}
 		s.coalesce(ctx, key, up, lp, req, res)
 	}
-	s.report(up.name, res, s.cache != nil && req.Cache != CacheBypass)
+	s.report(up.name, res, s.cache != nil && req.Cache != CacheBypass && !req.Stream)
 	if res.Err != nil && res.Err.Code != CodeShuttingDown && ctx.Err() != nil {
 		// A shutdown while the request waited ends it too.
 		if errors.Is(context.Cause(ctx), ErrShuttingDown) {
@@ -155,6 +158,7 @@ func (r *Result) setOutcome(o *outcome) {
 	if o.status > 0 {
 		r.Status, r.Header, r.Body = o.status, o.header, o.body
 	}
+	r.stream = o.stream
 	r.Err = o.err
 }
 

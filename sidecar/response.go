@@ -20,6 +20,9 @@ type Meta struct {
 	Fallback  string
 	Breaker   string
 	LatencyMs float64
+	Chunks    int   // streamed answers only
+	Bytes     int64 // streamed answers only: bytes of the chunks
+	streamed  bool
 }
 
 // Result is the outcome of a call: an upstream answer (Status > 0), an error,
@@ -28,7 +31,8 @@ type Result struct {
 	Status  int
 	Header  http.Header
 	Body    []byte
-	encoded []byte // Body already encoded for the answer line (a cache entry's)
+	encoded []byte          // Body already encoded for the answer line (a cache entry's)
+	stream  *upstreamStream // a streamed answer not yet sent
 	Err     *Error
 	Meta    Meta
 	hasMeta bool
@@ -65,10 +69,13 @@ func appendResult(dst []byte, id []byte, r *Result) []byte {
 		dst = strconv.AppendInt(dst, int64(r.Status), 10)
 		dst = append(dst, `,"headers":`...)
 		dst = appendHeaders(dst, r.Header)
-		dst = append(dst, `,"body":`...)
-		if r.encoded != nil {
+		switch {
+		case r.Meta.streamed: // the body went out as chunks
+		case r.encoded != nil:
+			dst = append(dst, `,"body":`...)
 			dst = append(dst, r.encoded...)
-		} else {
+		default:
+			dst = append(dst, `,"body":`...)
 			dst = appendBody(dst, r.Body)
 		}
 	}
@@ -92,6 +99,12 @@ func appendResult(dst []byte, id []byte, r *Result) []byte {
 		dst = appendString(dst, m.Breaker)
 		dst = append(dst, `,"latency_ms":`...)
 		dst = strconv.AppendFloat(dst, m.LatencyMs, 'f', 3, 64)
+		if m.streamed {
+			dst = append(dst, `,"chunks":`...)
+			dst = strconv.AppendInt(dst, int64(m.Chunks), 10)
+			dst = append(dst, `,"bytes":`...)
+			dst = strconv.AppendInt(dst, m.Bytes, 10)
+		}
 		dst = append(dst, '}')
 	}
 	return append(dst, "}\n"...)

@@ -53,6 +53,8 @@ type Hooks interface {
 	Rejected(reason string)
 	// Register reports an upstream added at run time (configure).
 	Register(upstream string)
+	// FirstChunk reports the time to the first chunk of a streamed answer.
+	FirstChunk(upstream string, d time.Duration)
 	// CacheResult reports how the cache served a call: hit, miss, stale or
 	// coalesced.
 	CacheResult(upstream, result string)
@@ -69,6 +71,7 @@ func (nopHooks) Request(string, string, time.Duration)         {}
 func (nopHooks) Breaker(string, string, string)                {}
 func (nopHooks) Rejected(string)                               {}
 func (nopHooks) Register(string)                               {}
+func (nopHooks) FirstChunk(string, time.Duration)              {}
 func (nopHooks) CacheResult(string, string)                    {}
 func (nopHooks) Fallback(string, string)                       {}
 
@@ -164,9 +167,10 @@ func (s *Service) Close() error {
 }
 
 // Handle answers one request line, appending the answer line ("\n" included)
-// to dst. ctx ends when the client disconnects (cause ErrClientGone) or the
-// drain timeout ends (cause ErrShuttingDown); Handle always answers.
-func (s *Service) Handle(ctx context.Context, peer Peer, line []byte, dst []byte) (out []byte) {
+// to dst. A streamed call sends its chunk lines through emit first. ctx ends
+// when the client disconnects (cause ErrClientGone) or the drain timeout ends
+// (cause ErrShuttingDown); Handle always answers.
+func (s *Service) Handle(ctx context.Context, peer Peer, line []byte, dst []byte, emit Emit) (out []byte) {
 	req, derr := Decode(line)
 	if derr != nil {
 		s.hooks.Rejected(string(CodeBadRequest))
@@ -209,9 +213,8 @@ func (s *Service) Handle(ctx context.Context, peer Peer, line []byte, dst []byte
 		s.log.Info().Uint32("peer_uid", peer.UID).Str("upstream", req.Upstream).Str("model", req.Model).Int("reset", n).Msg("reset")
 		return s.appendJSON(dst, req.ID, "reset", n)
 	}
-	if req.Stream {
-		s.hooks.Rejected(string(CodeBadRequest))
-		return AppendError(dst, req.ID, Errorf(CodeBadRequest, "stream: streaming is not supported by this build yet"))
+	if req.Stream && emit == nil {
+		return AppendError(dst, req.ID, Errorf(CodeInternal, "streaming needs a connection to stream on"))
 	}
 	if s.draining.Load() {
 		return s.refuse(dst, req, Errorf(CodeShuttingDown, "fender is draining"))
@@ -222,7 +225,7 @@ func (s *Service) Handle(ctx context.Context, peer Peer, line []byte, dst []byte
 		return s.refuse(dst, req, Errorf(CodeOverloaded, "%d requests already in flight", s.opts.MaxInflight))
 	}
 	defer s.inflight.Add(-1)
-	res := s.call(ctx, req)
+	res := s.call(ctx, req, emit)
 	s.finish(req, res)
 	return appendResult(dst, req.ID, res)
 }

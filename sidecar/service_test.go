@@ -70,7 +70,7 @@ func MustService(tb testing.TB, url string, p policy.Policy, hooks Hooks) *Servi
 
 func MustHandle(tb testing.TB, s *Service, line string) answer {
 	tb.Helper()
-	out := s.Handle(context.Background(), Peer{Known: true}, []byte(line), nil)
+	out := s.Handle(context.Background(), Peer{Known: true}, []byte(line), nil, nil)
 	var a answer
 	if err := json.Unmarshal(out, &a); err != nil {
 		tb.Fatalf("answer %q is not JSON: %v", out, err)
@@ -241,7 +241,7 @@ func TestOverloaded(t *testing.T) {
 	defer close(hold)
 	s := MustService(t, up.URL, fastPolicy(), nil)
 	s.opts.MaxInflight = 1
-	go s.Handle(context.Background(), Peer{}, []byte(`{"id":1,"upstream":"up"}`), nil)
+	go s.Handle(context.Background(), Peer{}, []byte(`{"id":1,"upstream":"up"}`), nil, nil)
 	for s.Inflight() == 0 {
 		time.Sleep(time.Millisecond)
 	}
@@ -253,7 +253,7 @@ func TestOverloaded(t *testing.T) {
 
 func TestAdminForbidden(t *testing.T) {
 	s := MustService(t, "http://127.0.0.1:1", fastPolicy(), nil)
-	out := s.Handle(context.Background(), Peer{UID: 4242, Known: true}, []byte(`{"id":"r","op":"reset"}`), nil)
+	out := s.Handle(context.Background(), Peer{UID: 4242, Known: true}, []byte(`{"id":"r","op":"reset"}`), nil, nil)
 	var a answer
 	if err := json.Unmarshal(out, &a); err != nil || a.code() != "forbidden" || string(a.ID) != `"r"` {
 		t.Errorf("got %s, want forbidden with id \"r\"", out)
@@ -309,7 +309,7 @@ func runHandleBench(b *testing.B, s *Service) {
 	b.RunParallel(func(pb *testing.PB) {
 		buf := make([]byte, 0, 1024)
 		for pb.Next() {
-			out := s.Handle(context.Background(), Peer{}, benchLine, buf[:0])
+			out := s.Handle(context.Background(), Peer{}, benchLine, buf[:0], nil)
 			if len(out) < 20 || string(out[:19]) != `{"id":"r1","ok":tru` {
 				b.Fatalf("answer %s", out)
 			}

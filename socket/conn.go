@@ -27,8 +27,15 @@ type conn struct {
 	ctx   context.Context
 	stop  context.CancelCauseFunc
 	slots chan struct{}
-	out   chan []byte
+	out   chan message
 	work  sync.WaitGroup
+}
+
+// message is a line to write: a final answer, which gives back its
+// request's slot once written, or a chunk of a streamed answer.
+type message struct {
+	b     []byte
+	final bool
 }
 
 func newConn(s *Server, c *net.UnixConn, peer sidecar.Peer) *conn {
@@ -36,7 +43,7 @@ func newConn(s *Server, c *net.UnixConn, peer sidecar.Peer) *conn {
 	return &conn{
 		s: s, c: c, peer: peer, ctx: ctx, stop: stop,
 		slots: make(chan struct{}, s.opts.MaxConnInflight),
-		out:   make(chan []byte, s.opts.MaxConnInflight),
+		out:   make(chan message, s.opts.MaxConnInflight),
 	}
 }
 
@@ -94,7 +101,7 @@ func (c *conn) read() int {
 		}
 		if tooLarge {
 			c.s.hooks.Rejected("too_large")
-			c.out <- sidecar.AppendError(nil, nil, sidecar.Errorf(sidecar.CodeTooLarge, "request line is over %d bytes", max))
+			c.out <- message{sidecar.AppendError(nil, nil, sidecar.Errorf(sidecar.CodeTooLarge, "request line is over %d bytes", max)), true}
 		} else if len(bytes.TrimSpace(line)) == 0 {
 			<-c.slots
 		} else {
@@ -123,8 +130,20 @@ func (c *conn) dispatch(line []byte) {
 	go func() {
 		defer c.s.workAdd(-1)
 		defer c.work.Done()
-		c.out <- c.s.h.Handle(c.ctx, c.peer, line, make([]byte, 0, 512))
+		c.out <- message{c.s.h.Handle(c.ctx, c.peer, line, make([]byte, 0, 512), c.emit), true}
 	}()
+}
+
+// emit queues a chunk line of a streamed answer. It blocks while the queue
+// is full, so a client that reads slowly slows its streams' upstream reads,
+// and fails once the connection is gone.
+func (c *conn) emit(line []byte) error {
+	select {
+	case c.out <- message{b: line}:
+		return nil
+	case <-c.ctx.Done():
+		return context.Cause(c.ctx)
+	}
 }
 
 // readLine returns the next line without its "\n" or "\r\n", as a copy that
@@ -162,13 +181,15 @@ func readLine(br *bufio.Reader, max int) (line []byte, tooLarge bool, err error)
 func (c *conn) write() {
 	bw := bufio.NewWriterSize(c.c, 32<<10)
 	broken := false
-	for b := range c.out {
+	for m := range c.out {
 		if !broken {
-			if _, err := bw.Write(b); err != nil {
+			if _, err := bw.Write(m.b); err != nil {
 				broken = true
 			}
 		}
-		<-c.slots
+		if m.final {
+			<-c.slots
+		}
 		if len(c.out) == 0 && !broken {
 			if err := bw.Flush(); err != nil {
 				broken = true

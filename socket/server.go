@@ -15,10 +15,11 @@ import (
 )
 
 // Handler answers one request line: it appends exactly one answer line ("\n"
-// included) to dst. ctx is cancelled with sidecar.ErrClientGone when the
-// client leaves and with sidecar.ErrShuttingDown when the drain timeout ends.
+// included) to dst, after sending any chunk lines of a streamed answer
+// through emit. ctx is cancelled with sidecar.ErrClientGone when the client
+// leaves and with sidecar.ErrShuttingDown when the drain timeout ends.
 type Handler interface {
-	Handle(ctx context.Context, peer sidecar.Peer, line []byte, dst []byte) []byte
+	Handle(ctx context.Context, peer sidecar.Peer, line []byte, dst []byte, emit sidecar.Emit) []byte
 }
 
 // Options configure a Server.

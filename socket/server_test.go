@@ -21,7 +21,7 @@ import (
 // handlerFunc adapts a function to Handler.
 type handlerFunc func(ctx context.Context, line []byte) string
 
-func (f handlerFunc) Handle(ctx context.Context, _ sidecar.Peer, line []byte, dst []byte) []byte {
+func (f handlerFunc) Handle(ctx context.Context, _ sidecar.Peer, line []byte, dst []byte, _ sidecar.Emit) []byte {
 	return append(append(dst, f(ctx, line)...), '\n')
 }
 
