@@ -219,7 +219,9 @@ func (s *Service) pump(ctx context.Context, id []byte, upName string, lp *livePo
 	var last []byte
 	send := func(c []byte) error {
 		if res.Meta.Chunks == 0 {
-			s.hooks.FirstChunk(upName, time.Since(start))
+			d := time.Since(start)
+			s.rec.FirstChunk(upName, d)
+			s.hooks.FirstChunk(upName, d)
 		}
 		res.Meta.Chunks++
 		res.Meta.Bytes += int64(len(c))

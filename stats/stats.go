@@ -19,18 +19,32 @@ type counters struct {
 	requests, success, errors       atomic.Int64
 	cacheHits, cacheMisses, retries atomic.Int64
 	breakerOpens, fallbacks         atomic.Int64
-	coalesced                       atomic.Int64
+	coalesced, streams              atomic.Int64
 
-	mu      sync.Mutex
-	samples [window]float64 // latency in ms, a ring
-	n       int             // samples recorded, ever
+	latency, firstChunk ring
 }
 
-func (c *counters) observe(ms float64) {
-	c.mu.Lock()
-	c.samples[c.n%window] = ms
-	c.n++
-	c.mu.Unlock()
+// ring is a sliding window of the last samples, in ms.
+type ring struct {
+	mu      sync.Mutex
+	samples [window]float64
+	n       int // samples recorded, ever
+}
+
+func (r *ring) observe(ms float64) {
+	r.mu.Lock()
+	r.samples[r.n%window] = ms
+	r.n++
+	r.mu.Unlock()
+}
+
+func (r *ring) percentiles() Latency {
+	r.mu.Lock()
+	n := min(r.n, window)
+	lat := make([]float64, n)
+	copy(lat, r.samples[:n])
+	r.mu.Unlock()
+	return percentiles(lat)
 }
 
 // Recorder collects statistics. Safe for concurrent use; its methods are
@@ -73,7 +87,16 @@ func (r *Recorder) Request(upstream, code string, d time.Duration) {
 		} else {
 			c.errors.Add(1)
 		}
-		c.observe(ms)
+		c.latency.observe(ms)
+	})
+}
+
+// FirstChunk records the time to the first chunk of a streamed answer.
+func (r *Recorder) FirstChunk(upstream string, d time.Duration) {
+	ms := float64(d.Microseconds()) / 1000
+	r.each(upstream, func(c *counters) {
+		c.streams.Add(1)
+		c.firstChunk.observe(ms)
 	})
 }
 
@@ -129,6 +152,8 @@ type Snapshot struct {
 	Fallbacks    int64   `json:"fallbacks"`
 	Coalesced    int64   `json:"coalesced"`
 	LatencyMs    Latency `json:"latency_ms"`
+	Streams      int64   `json:"streams"`        // streamed answers that sent a chunk
+	FirstChunkMs Latency `json:"first_chunk_ms"` // time to their first chunk
 }
 
 func (c *counters) snapshot() Snapshot {
@@ -136,6 +161,7 @@ func (c *counters) snapshot() Snapshot {
 		Requests: c.requests.Load(), Success: c.success.Load(), Errors: c.errors.Load(),
 		CacheHits: c.cacheHits.Load(), CacheMisses: c.cacheMisses.Load(), Retries: c.retries.Load(),
 		BreakerOpens: c.breakerOpens.Load(), Fallbacks: c.fallbacks.Load(), Coalesced: c.coalesced.Load(),
+		Streams: c.streams.Load(),
 	}
 	if s.Requests > 0 {
 		s.SuccessRate = float64(s.Success) / float64(s.Requests)
@@ -143,12 +169,8 @@ func (c *counters) snapshot() Snapshot {
 	if n := s.CacheHits + s.CacheMisses; n > 0 {
 		s.CacheHitRate = float64(s.CacheHits) / float64(n)
 	}
-	c.mu.Lock()
-	n := min(c.n, window)
-	lat := make([]float64, n)
-	copy(lat, c.samples[:n])
-	c.mu.Unlock()
-	s.LatencyMs = percentiles(lat)
+	s.LatencyMs = c.latency.percentiles()
+	s.FirstChunkMs = c.firstChunk.percentiles()
 	return s
 }
 

@@ -85,3 +85,17 @@ func TestWindowIsBounded(t *testing.T) {
 		t.Errorf("got %d requests p99 %v, want 20000 and 1", s.Requests, s.LatencyMs.P99)
 	}
 }
+
+func TestFirstChunk(t *testing.T) {
+	r := New()
+	r.Register("llm")
+	r.FirstChunk("llm", 20*time.Millisecond)
+	r.FirstChunk("llm", 40*time.Millisecond)
+	s := r.Upstreams()["llm"]
+	if s.Streams != 2 || s.FirstChunkMs.P50 != 20 || s.FirstChunkMs.Avg != 30 {
+		t.Errorf("got streams %d first chunk %+v, want 2, p50 20, avg 30", s.Streams, s.FirstChunkMs)
+	}
+	if r.Overall().Streams != 2 {
+		t.Errorf("overall streams: got %d, want 2", r.Overall().Streams)
+	}
+}
