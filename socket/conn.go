@@ -77,6 +77,13 @@ func (c *conn) serve() {
 	c.c.Close()
 }
 
+// Per-connection buffers: small, since a sidecar may hold thousands of idle
+// connections; longer lines are assembled across reads.
+const (
+	readBufSize  = 8 << 10
+	writeBufSize = 8 << 10
+)
+
 // How reading a connection ended.
 const (
 	endEOF    = iota // the client closed its side for writing
@@ -86,7 +93,7 @@ const (
 
 // read frames request lines until EOF, an error or StopReading.
 func (c *conn) read() int {
-	br := bufio.NewReaderSize(c.c, 64<<10)
+	br := bufio.NewReaderSize(c.c, readBufSize)
 	max := c.s.opts.MaxRequestBytes
 	for {
 		select {
@@ -179,7 +186,7 @@ func readLine(br *bufio.Reader, max int) (line []byte, tooLarge bool, err error)
 // write sends answers until out is closed. A write error means the client is
 // gone: its requests are cancelled and the rest of the answers dropped.
 func (c *conn) write() {
-	bw := bufio.NewWriterSize(c.c, 32<<10)
+	bw := bufio.NewWriterSize(c.c, writeBufSize)
 	broken := false
 	for m := range c.out {
 		if !broken {
