@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 )
 
 // Emit sends one line (a chunk line, "\n" included) to the client before the
@@ -71,6 +72,7 @@ type upstreamStream struct {
 	limit   int64           // bytes of chunks still allowed
 	first   []byte          // nil when the body ended before any chunk
 	ended   bool            // the body ended cleanly
+	carry   []byte          // the start of a character cut off by the last read
 	once    sync.Once
 }
 
@@ -95,12 +97,7 @@ func (st *upstreamStream) next() ([]byte, error) {
 	case framingNDJSON:
 		c, err = st.nextLine()
 	default:
-		buf := make([]byte, 32<<10)
-		var n int
-		n, err = st.br.Read(buf)
-		if n > 0 {
-			c, err = buf[:n], nil
-		}
+		c, err = st.nextRead()
 	}
 	if err == io.EOF {
 		st.ended = true
@@ -114,17 +111,65 @@ func (st *upstreamStream) next() ([]byte, error) {
 	return c, err
 }
 
+// nextRead returns what one read brings, cut at a UTF-8 character boundary:
+// a character split across reads is held back and sent whole with the next
+// chunk, so that chunk strings never carry half a character.
+func (st *upstreamStream) nextRead() ([]byte, error) {
+	buf := make([]byte, len(st.carry), 32<<10)
+	copy(buf, st.carry)
+	st.carry = nil
+	for {
+		n, err := st.br.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if n > 0 {
+			st.idle.reset()
+		}
+		if err != nil {
+			if len(buf) > 0 && err == io.EOF {
+				return buf, nil // the end: send what is left as it is
+			}
+			return nil, err
+		}
+		if cut := incompleteTail(buf); cut < len(buf) && cut > 0 {
+			st.carry = append([]byte(nil), buf[cut:]...)
+			return buf[:cut], nil
+		} else if cut == len(buf) {
+			return buf, nil
+		}
+		// Only part of one character so far: read on.
+	}
+}
+
+// incompleteTail returns where a UTF-8 character cut off at the end of b
+// starts, or len(b) when b ends on a character boundary (or is not UTF-8
+// there at all, in which case there is nothing to wait for).
+func incompleteTail(b []byte) int {
+	for i := len(b) - 1; i >= 0 && i >= len(b)-utf8.UTFMax; i-- {
+		if c := b[i]; c < utf8.RuneSelf {
+			return len(b)
+		} else if utf8.RuneStart(c) {
+			if utf8.FullRune(b[i:]) {
+				return len(b)
+			}
+			return i
+		}
+	}
+	return len(b)
+}
+
 // line reads one line without its "\n" or "\r\n", bounded by the limit.
 func (st *upstreamStream) line() ([]byte, error) {
 	var line []byte
 	for {
 		frag, err := st.br.ReadSlice('\n')
+		if len(frag) > 0 {
+			st.idle.reset() // bytes arrived: SSE comments and heartbeats count
+		}
 		line = append(line, frag...)
 		if int64(len(line)) > st.limit+2 {
 			return nil, errTooLarge
 		}
 		if err == bufio.ErrBufferFull {
-			st.idle.reset() // data is arriving
 			continue
 		}
 		if err == io.EOF && len(line) > 0 {
@@ -226,6 +271,9 @@ func (s *Service) pump(ctx context.Context, id []byte, upName string, lp *livePo
 		res.Meta.Chunks++
 		res.Meta.Bytes += int64(len(c))
 		last = c
+		// Waiting on a slow client is back-pressure, not an idle upstream.
+		st.idle.stop()
+		defer st.idle.reset()
 		return emit(appendChunk(make([]byte, 0, len(c)+len(id)+24), id, c))
 	}
 	c, err := st.first, error(nil)
