@@ -38,15 +38,8 @@ func (s *Service) call(ctx context.Context, req *Request, emit Emit) *Result {
 		}
 	} else {
 		key := cacheKey(up.name, req, lp.CacheVaryHeaders)
-		if req.Cache == CacheUse {
-			if e, fresh, ok := s.cache.Get(key); ok && fresh {
-				res.fromEntry(e)
-				res.Meta.Cached = true
-				res.Meta.Breaker = s.breakers.Get(up.name, req.Model, lp.Policy).State().String()
-				s.report(up.name, res, true)
-				res.Meta.LatencyMs = sinceMs(start)
-				return res
-			}
+		if req.Cache == CacheUse && s.hit(key, up, lp, req, res, start) {
+			return res
 		}
 		s.coalesce(ctx, key, up, lp, req, res)
 	}
@@ -59,6 +52,57 @@ func (s *Service) call(ctx context.Context, req *Request, emit Emit) *Result {
 	}
 	res.Meta.LatencyMs = sinceMs(start)
 	return res
+}
+
+// hit answers req from a fresh cache entry, if there is one.
+func (s *Service) hit(key store.Key, up *upstream, lp *livePolicy, req *Request, res *Result, start time.Time) bool {
+	e, fresh, ok := s.cache.Get(key)
+	if !ok || !fresh {
+		return false
+	}
+	res.fromEntry(e)
+	res.Meta.Cached = true
+	res.Meta.Breaker = s.breakers.Get(up.name, req.Model, lp.Policy).State().String()
+	s.report(up.name, res, true)
+	res.Meta.LatencyMs = sinceMs(start)
+	return true
+}
+
+// TryHandle answers line at once when that needs no waiting: a line that
+// does not decode, a ping, or a call answered by a fresh cache entry. The
+// socket layer calls it in the connection's reader, sparing a goroutine
+// and its wake-up; ok false means the line needs Handle.
+func (s *Service) TryHandle(peer Peer, line []byte, dst []byte) (out []byte, ok bool) {
+	start := time.Now()
+	req, derr := Decode(line)
+	if derr != nil {
+		s.hooks.Rejected(string(CodeBadRequest))
+		return AppendError(dst, req.ID, derr), true
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			s.log.Error().Interface("panic", p).Str("op", string(req.Op)).Msg("request handler panicked")
+			out, ok = AppendError(dst, req.ID, Errorf(CodeInternal, "internal error")), true
+		}
+	}()
+	switch {
+	case req.Op == OpPing:
+		return appendResult(dst, req.ID, &Result{}), true
+	case req.Op != OpCall, req.Stream, req.Cache != CacheUse, s.cache == nil, s.draining.Load():
+		return nil, false
+	}
+	up := s.upstream(req.Upstream)
+	if up == nil {
+		return nil, false
+	}
+	lp := up.pol.Load()
+	res := &Result{hasMeta: true}
+	res.Meta.Upstream, res.Meta.Model = req.Upstream, req.Model
+	if !s.hit(cacheKey(up.name, req, lp.CacheVaryHeaders), up, lp, req, res, start) {
+		return nil, false
+	}
+	s.finish(req, res)
+	return appendResult(dst, req.ID, res), true
 }
 
 // report counts, once per answer, how the cache served it (when the cache was

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -27,15 +28,17 @@ type conn struct {
 	ctx   context.Context
 	stop  context.CancelCauseFunc
 	slots chan struct{}
-	out   chan message
 	work  sync.WaitGroup
-}
+	br    *bufio.Reader // used by one reader goroutine at a time
 
-// message is a line to write: a final answer, which gives back its
-// request's slot once written, or a chunk of a streamed answer.
-type message struct {
-	b     []byte
-	final bool
+	// Answers are written by the goroutine that made them, under wmu, with
+	// no writer goroutine to hand them to (a handoff costs a thread wake-up
+	// per answer). Writes are group-committed: the last of the goroutines
+	// waiting to write flushes for all of them.
+	wmu     sync.Mutex
+	bw      *bufio.Writer
+	broken  bool         // a write failed: the client is gone; guarded by wmu
+	waiting atomic.Int32 // goroutines about to take wmu
 }
 
 func newConn(s *Server, c *net.UnixConn, peer sidecar.Peer) *conn {
@@ -43,7 +46,7 @@ func newConn(s *Server, c *net.UnixConn, peer sidecar.Peer) *conn {
 	return &conn{
 		s: s, c: c, peer: peer, ctx: ctx, stop: stop,
 		slots: make(chan struct{}, s.opts.MaxConnInflight),
-		out:   make(chan message, s.opts.MaxConnInflight),
+		bw:    bufio.NewWriterSize(c, writeBufSize),
 	}
 }
 
@@ -51,13 +54,22 @@ func newConn(s *Server, c *net.UnixConn, peer sidecar.Peer) *conn {
 func (c *conn) stopReading() { c.c.SetReadDeadline(time.Now()) }
 
 func (c *conn) serve() {
-	defer c.s.forget(c)
-	writerDone := make(chan struct{})
-	go func() {
-		defer close(writerDone)
-		c.write()
-	}()
-	switch c.read() {
+	c.br = bufio.NewReaderSize(c.c, readBufSize)
+	c.readLoop()
+}
+
+// readLoop reads until a line needs a handler of its own; then it starts
+// the next reader and handles that line itself, on the goroutine that is
+// already running, so the answer does not wait for another goroutine to be
+// woken. The reader that meets the end of the connection cleans up.
+func (c *conn) readLoop() {
+	end, line := c.read()
+	if line != nil {
+		go c.readLoop()
+		c.handle(line)
+		return
+	}
+	switch end {
 	case endEOF:
 		// The client closed its side for writing; it may still read the
 		// answers (half-close), or be gone. Watch for the latter.
@@ -71,10 +83,9 @@ func (c *conn) serve() {
 	default:
 		c.work.Wait()
 	}
-	close(c.out)
-	<-writerDone
 	c.stop(sidecar.ErrClientGone)
 	c.c.Close()
+	c.s.forget(c)
 }
 
 // Per-connection buffers: small, since a sidecar may hold thousands of idle
@@ -91,31 +102,41 @@ const (
 	endStop          // StopReading or an aborted connection
 )
 
-// read frames request lines until EOF, an error or StopReading.
-func (c *conn) read() int {
-	br := bufio.NewReaderSize(c.c, readBufSize)
+// read frames request lines until one needs a handler (returned, with its
+// slot taken and counted as work), or until EOF, an error or StopReading.
+// Lines that can be answered at once are answered here.
+func (c *conn) read() (end int, line []byte) {
 	max := c.s.opts.MaxRequestBytes
 	for {
 		select {
 		case c.slots <- struct{}{}:
 		case <-c.ctx.Done():
-			return endStop
+			return endStop, nil
 		}
-		line, tooLarge, err := readLine(br, max)
+		line, tooLarge, err := readLine(c.br, max)
 		if err != nil && len(line) == 0 && !tooLarge {
 			<-c.slots
-			return c.readEnd(err)
+			return c.readEnd(err), nil
 		}
-		if tooLarge {
+		switch {
+		case tooLarge:
 			c.s.hooks.Rejected("too_large")
-			c.out <- message{sidecar.AppendError(nil, nil, sidecar.Errorf(sidecar.CodeTooLarge, "request line is over %d bytes", max)), true}
-		} else if len(bytes.TrimSpace(line)) == 0 {
+			c.send(sidecar.AppendError(nil, nil, sidecar.Errorf(sidecar.CodeTooLarge, "request line is over %d bytes", max)), true)
+		case len(bytes.TrimSpace(line)) == 0:
 			<-c.slots
-		} else {
-			c.dispatch(line)
+		default:
+			if out, ok := c.fast(line); ok {
+				c.send(out, true)
+			} else {
+				// A read error after this last line is met again by
+				// the next reader.
+				c.work.Add(1)
+				c.s.workAdd(1)
+				return 0, line
+			}
 		}
 		if err != nil {
-			return c.readEnd(err)
+			return c.readEnd(err), nil
 		}
 	}
 }
@@ -131,26 +152,57 @@ func (c *conn) readEnd(err error) int {
 	return endBroken
 }
 
-func (c *conn) dispatch(line []byte) {
-	c.work.Add(1)
-	c.s.workAdd(1)
-	go func() {
-		defer c.s.workAdd(-1)
-		defer c.work.Done()
-		c.out <- message{c.s.h.Handle(c.ctx, c.peer, line, make([]byte, 0, 512), c.emit), true}
-	}()
+// handle answers line with the Handler; the line's slot and work count were
+// taken by read.
+func (c *conn) handle(line []byte) {
+	defer c.s.workAdd(-1)
+	defer c.work.Done()
+	c.send(c.s.h.Handle(c.ctx, c.peer, line, make([]byte, 0, 512), c.emit), true)
 }
 
-// emit queues a chunk line of a streamed answer. It blocks while the queue
-// is full, so a client that reads slowly slows its streams' upstream reads,
-// and fails once the connection is gone.
-func (c *conn) emit(line []byte) error {
-	select {
-	case c.out <- message{b: line}:
-		return nil
-	case <-c.ctx.Done():
-		return context.Cause(c.ctx)
+// fast answers line in the reader when the handler can do so without
+// waiting (pings, cache hits): no goroutine to start and wake.
+func (c *conn) fast(line []byte) ([]byte, bool) {
+	if c.s.fast == nil {
+		return nil, false
 	}
+	return c.s.fast.TryHandle(c.peer, line, make([]byte, 0, 512))
+}
+
+// emit sends a chunk line of a streamed answer. It blocks while the client
+// is not reading, so a slow client slows its streams' upstream reads, and
+// fails once the connection is gone.
+func (c *conn) emit(line []byte) error {
+	if err := context.Cause(c.ctx); err != nil {
+		return err
+	}
+	if !c.send(line, false) {
+		return sidecar.ErrClientGone
+	}
+	return nil
+}
+
+// send writes one line; a final answer gives back its request's slot. It
+// reports whether the connection still works.
+func (c *conn) send(line []byte, final bool) bool {
+	c.waiting.Add(1)
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	last := c.waiting.Add(-1) == 0
+	if !c.broken {
+		_, err := c.bw.Write(line)
+		if err == nil && last {
+			err = c.bw.Flush() // the others waiting will flush after us
+		}
+		if err != nil {
+			c.broken = true
+			c.stop(sidecar.ErrClientGone)
+		}
+	}
+	if final {
+		<-c.slots
+	}
+	return !c.broken
 }
 
 // readLine returns the next line without its "\n" or "\r\n", as a copy that
@@ -180,34 +232,6 @@ func readLine(br *bufio.Reader, max int) (line []byte, tooLarge bool, err error)
 			return nil, true, e
 		}
 		return line, false, e
-	}
-}
-
-// write sends answers until out is closed. A write error means the client is
-// gone: its requests are cancelled and the rest of the answers dropped.
-func (c *conn) write() {
-	bw := bufio.NewWriterSize(c.c, writeBufSize)
-	broken := false
-	for m := range c.out {
-		if !broken {
-			if _, err := bw.Write(m.b); err != nil {
-				broken = true
-			}
-		}
-		if m.final {
-			<-c.slots
-		}
-		if len(c.out) == 0 && !broken {
-			if err := bw.Flush(); err != nil {
-				broken = true
-			}
-		}
-		if broken {
-			c.stop(sidecar.ErrClientGone)
-		}
-	}
-	if !broken {
-		bw.Flush()
 	}
 }
 

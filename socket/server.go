@@ -22,6 +22,13 @@ type Handler interface {
 	Handle(ctx context.Context, peer sidecar.Peer, line []byte, dst []byte, emit sidecar.Emit) []byte
 }
 
+// FastHandler is an optional Handler extension: TryHandle answers line at
+// once when that needs no waiting (a ping, a cache hit), so the reader can
+// answer it without starting a goroutine; ok false means use Handle.
+type FastHandler interface {
+	TryHandle(peer sidecar.Peer, line []byte, dst []byte) (out []byte, ok bool)
+}
+
 // Options configure a Server.
 type Options struct {
 	MaxRequestBytes int      // longest request line, without its line ending
@@ -49,6 +56,7 @@ func (nopHooks) Rejected(string) {}
 type Server struct {
 	ln    *net.UnixListener
 	h     Handler
+	fast  FastHandler // h, when it has a fast path
 	opts  Options
 	log   zerolog.Logger
 	hooks Hooks
@@ -80,6 +88,7 @@ func NewServer(ln *net.UnixListener, h Handler, opts Options) *Server {
 	if s.hooks == nil {
 		s.hooks = nopHooks{}
 	}
+	s.fast, _ = h.(FastHandler)
 	s.log = opts.Logger.With().Str("component", "socket").Logger()
 	s.base, s.abort = context.WithCancelCause(context.Background())
 	return s
