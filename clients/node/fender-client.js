@@ -18,6 +18,14 @@
 //     fender.close();
 //   }
 //
+// stream() makes a streamed call ("stream": true) and returns an async
+// iterable of the chunks as they arrive, with the final answer in `.final`:
+//
+//   const s = fender.stream('openai', '/v1/chat/completions',
+//     { model: 'gpt-4o-mini', stream: true, messages: [{ role: 'user', content: 'Name a dragon.' }] });
+//   for await (const chunk of s) console.log(chunk); // each SSE event's data, "[DONE]" included
+//   console.log((await s.final).meta.chunks);
+//
 // Copy this one file into your project; it has no dependencies. Run it for a
 // quick check: `node fender-client.js [UPSTREAM PATH [JSON_BODY]]`.
 
@@ -55,6 +63,85 @@ class FenderError extends Error {
   }
 }
 
+// FenderStream is one streamed call (SPEC section 6), as returned by
+// Client.stream. Iterate over it with `for await` for the chunks (strings:
+// an SSE event's data, an NDJSON line, or a piece of another body), each as
+// soon as it has arrived; a final ok:false throws a FenderError from the
+// iteration after the chunks received before it. `final` is a promise of
+// the final answer (status, headers, meta with chunks and bytes; no body):
+// it resolves when the stream ends with ok:true and rejects with the
+// FenderError otherwise (it is marked handled, so leaving it unawaited is
+// safe). Chunks are buffered for the stream as they arrive, so a slow
+// consumer never holds up other calls on the same Client. Leaving the loop
+// early (break, return, throw) or calling close() stops the stream: its
+// remaining lines are dropped and `final` rejects with code "closed"
+// (fender has no cancel op, so the upstream call goes on until it ends).
+class FenderStream {
+  constructor(client, id) {
+    this.id = id;
+    this._client = client;
+    this._chunks = []; // received, not yet taken by the iterator
+    this._waits = []; // resolve the iterator's waits for the next line
+    this._end = null; // { answer } or { error } once the stream is over
+    this._thrown = false; // the end error was thrown from the iteration
+    this.final = new Promise((resolve, reject) => {
+      this._resolve = resolve;
+      this._reject = reject;
+    });
+    this.final.catch(() => {});
+  }
+
+  _push(chunk) {
+    if (this._end) return;
+    this._chunks.push(chunk);
+    this._notify();
+  }
+
+  _finish(answer, error) {
+    if (this._end) return;
+    this._end = error ? { error } : { answer };
+    if (error) this._reject(error);
+    else this._resolve(answer);
+    this._notify();
+  }
+
+  _notify() {
+    const waits = this._waits;
+    this._waits = [];
+    for (const wake of waits) wake();
+  }
+
+  // close stops the stream: lines still to come for it are dropped.
+  close() {
+    if (this._end) return;
+    this._client._forget(this.id);
+    this._chunks = [];
+    this._finish(null, new FenderError('closed', `stream ${this.id} closed by the client`));
+  }
+
+  [Symbol.asyncIterator]() {
+    return {
+      next: async () => {
+        for (;;) {
+          if (this._chunks.length > 0) return { value: this._chunks.shift(), done: false };
+          if (this._end) {
+            if (this._end.error && !this._thrown) {
+              this._thrown = true;
+              throw this._end.error;
+            }
+            return { value: undefined, done: true };
+          }
+          await new Promise((resolve) => this._waits.push(resolve));
+        }
+      },
+      return: async () => {
+        this.close();
+        return { value: undefined, done: true };
+      },
+    };
+  }
+}
+
 // Client is one connection to fender. `path` defaults to $FENDER_SOCKET, then
 // /tmp/fender.sock. `timeoutMs` bounds how long a request waits for its answer
 // when it gives no timeout_ms of its own; fender's own deadline
@@ -82,6 +169,14 @@ class Client {
   // limit; opts.onChunk receives each streamed chunk (SPEC section 6).
   request(req, { timeoutMs, onChunk } = {}) {
     if (this._closedErr) return Promise.reject(this._closedErr);
+    return new Promise((resolve, reject) => {
+      this._send(req, { resolve, reject, onChunk }, timeoutMs, false);
+    });
+  }
+
+  // _send registers p under a fresh id, writes req with that id and returns
+  // the id. With `idle`, the wait limit bounds each gap between lines.
+  _send(req, p, timeoutMs, idle) {
     const id = this._nextId++;
     const line = JSON.stringify({ ...req, id }) + '\n';
     if (timeoutMs === undefined) {
@@ -89,16 +184,17 @@ class Client {
       // answer, with meta, is what the caller sees.
       timeoutMs = Number.isFinite(req.timeout_ms) ? req.timeout_ms + 5000 : this.timeoutMs;
     }
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this._forget(id);
-        reject(new FenderError('client_timeout', `no answer to request ${id} within ${timeoutMs}ms`, { retryable: true }));
-      }, timeoutMs);
-      timer.unref();
-      this._pending.set(id, { resolve, reject, timer, onChunk });
-      this._sock.ref();
-      this._sock.write(line);
-    });
+    p.timer = setTimeout(() => {
+      this._forget(id);
+      const what = idle ? `no line of stream ${id}` : `no answer to request ${id}`;
+      p.reject(new FenderError('client_timeout', `${what} within ${timeoutMs}ms`, { retryable: true }));
+    }, timeoutMs);
+    p.timer.unref();
+    p.idle = idle;
+    this._pending.set(id, p);
+    this._sock.ref();
+    this._sock.write(line);
+    return id;
   }
 
   async _checked(req, opts) {
@@ -120,6 +216,32 @@ class Client {
     const req = { op: 'call', upstream, path, ...fields };
     if (body !== undefined && body !== null) req.body = body;
     return this._checked(req, opts);
+  }
+
+  // stream calls `upstream` at `path` with "stream": true and returns a
+  // FenderStream at once: `for await (const chunk of s)` gives the chunks as
+  // they arrive, and `s.final` the final answer; a final ok:false throws a
+  // FenderError from the iteration after the chunks that came before it.
+  // `body` and `fields` are as for call. opts.timeoutMs (default: the
+  // client's, or timeout_ms plus 5s) bounds the wait for each next line, not
+  // the whole stream. Any number of streams and calls may run at once.
+  stream(upstream, path = '/', body = undefined, fields = {}, { timeoutMs } = {}) {
+    for (const k of Object.keys(fields)) {
+      if (!CALL_FIELDS.has(k)) throw new TypeError(`stream: unknown request field ${k}`);
+    }
+    const req = { op: 'call', upstream, path, ...fields, stream: true };
+    if (body !== undefined && body !== null) req.body = body;
+    const s = new FenderStream(this, 0);
+    if (this._closedErr) {
+      s._finish(null, this._closedErr);
+      return s;
+    }
+    s.id = this._send(req, {
+      resolve: (answer) => s._finish(answer, answer.ok ? null : FenderError.fromAnswer(answer)),
+      reject: (e) => s._finish(null, e),
+      onChunk: (chunk) => s._push(chunk),
+    }, timeoutMs, true);
+    return s;
   }
 
   // ping resolves with true when fender answers.
@@ -189,6 +311,7 @@ class Client {
     const p = this._pending.get(msg.id);
     if (!p) return; // id null, or its caller gave up waiting
     if ('chunk' in msg && !('ok' in msg)) {
+      if (p.idle) p.timer.refresh();
       if (p.onChunk && !p.error) {
         try {
           p.onChunk(msg.chunk);
@@ -222,7 +345,7 @@ class Client {
   }
 }
 
-module.exports = { Client, FenderError, DEFAULT_SOCKET };
+module.exports = { Client, FenderStream, FenderError, DEFAULT_SOCKET };
 
 // node fender-client.js [UPSTREAM PATH [JSON_BODY]]: ping, health and stats,
 // or one call, against $FENDER_SOCKET.

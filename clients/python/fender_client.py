@@ -17,6 +17,18 @@ may share one client and have calls in flight at the same time.
         except FenderError as e:
             print("failed:", e.code, e.retryable, e.status)
 
+:meth:`Client.stream` makes a streamed call (``"stream": true``) and returns
+an iterator of the chunks as they arrive; the final answer is then in
+``.final``:
+
+    with Client() as fender:
+        s = fender.stream("openai", "/v1/chat/completions",
+                          {"model": "gpt-4o-mini", "stream": True,
+                           "messages": [{"role": "user", "content": "Name a dragon."}]})
+        for chunk in s:               # each SSE event's data, "[DONE]" included
+            print(chunk)
+        print(s.final["meta"]["chunks"])
+
 Copy this one file into your project; it has no dependencies. Run it as a
 script for a quick check: ``python3 fender_client.py [UPSTREAM PATH [JSON_BODY]]``.
 """
@@ -26,11 +38,12 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import queue
 import socket
 import threading
 from typing import Any, Callable, Dict, Optional
 
-__all__ = ["Client", "FenderError", "FenderConnectionError", "FenderTimeout", "DEFAULT_SOCKET"]
+__all__ = ["Client", "Stream", "FenderError", "FenderConnectionError", "FenderTimeout", "DEFAULT_SOCKET"]
 
 #: The socket fender listens on when FENDER_SOCKET is not set.
 DEFAULT_SOCKET = "/tmp/fender.sock"
@@ -90,13 +103,84 @@ class FenderTimeout(FenderError, TimeoutError):
 
 
 class _Waiter(object):
-    __slots__ = ("event", "answer", "error", "on_chunk")
+    __slots__ = ("event", "answer", "error", "on_chunk", "queue")
 
-    def __init__(self, on_chunk: Optional[Callable[[Any], None]]) -> None:
+    def __init__(self, on_chunk: Optional[Callable[[Any], None]],
+                 q: "Optional[queue.Queue[Any]]" = None) -> None:
         self.event = threading.Event()
         self.answer = None  # type: Optional[Dict[str, Any]]
         self.error = None  # type: Optional[BaseException]
         self.on_chunk = on_chunk
+        # For a Stream: the reader puts ("chunk", text), then ("final", answer)
+        # or ("error", exception), in the order the lines came.
+        self.queue = q
+
+
+class Stream(object):
+    """One streamed call (SPEC section 6), as returned by :meth:`Client.stream`.
+
+    Iterate over it for the chunks (strings: an SSE event's data, an NDJSON
+    line, or a piece of another body), each as soon as it has arrived. When
+    the stream ends, ``final`` is the final answer dict (``status``,
+    ``headers``, ``meta`` with ``chunks`` and ``bytes``; no ``body``). A
+    final ``ok: false`` raises FenderError from the iteration after the
+    chunks received before it, and is in ``final`` too. ``final`` is None
+    until the end has been reached by iterating.
+
+    Chunks are queued for the stream as they arrive, so a slow consumer
+    never holds up other calls on the same Client. A stream is meant to be
+    consumed by one thread; :meth:`close` (or leaving a ``with`` block)
+    stops it early: its remaining lines are dropped (fender has no cancel
+    op, so the upstream call goes on until it ends).
+    """
+
+    def __init__(self, client: "Client", rid: int, waiter: _Waiter, timeout: float) -> None:
+        self.id = rid
+        self.final = None  # type: Optional[Dict[str, Any]]
+        self._client = client
+        self._waiter = waiter
+        self._timeout = timeout
+        self._done = False
+
+    def __iter__(self) -> "Stream":
+        return self
+
+    def __next__(self) -> str:
+        if self._done:
+            raise StopIteration
+        q = self._waiter.queue
+        assert q is not None
+        try:
+            kind, value = q.get(timeout=self._timeout)
+        except queue.Empty:
+            self._finish()
+            raise FenderTimeout("no line of stream %s within %.1fs" % (self.id, self._timeout)) from None
+        if kind == "chunk":
+            return value
+        self._finish()
+        if kind == "error":
+            if isinstance(value, FenderConnectionError):
+                raise FenderConnectionError(value.message)  # one instance per raiser
+            raise value
+        self.final = value
+        if not value.get("ok"):
+            raise FenderError.from_answer(value)
+        raise StopIteration
+
+    def _finish(self) -> None:
+        self._done = True
+        self._client._forget(self.id)
+
+    def close(self) -> None:
+        """Stop reading this stream; lines still to come for it are dropped."""
+        if not self._done:
+            self._finish()
+
+    def __enter__(self) -> "Stream":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 class Client(object):
@@ -157,17 +241,34 @@ class Client(object):
         """Send one request object and return its final answer dict as is,
         ``ok: false`` included. An ``id`` is added. ``on_chunk`` receives the
         ``chunk`` of each streamed line (SPEC section 6) before the answer."""
+        timeout = self._wait_limit(req, timeout)
+        w = _Waiter(on_chunk)
+        rid = self._send(req, w)
+        if not w.event.wait(timeout):
+            self._forget(rid)
+            raise FenderTimeout("no answer to request %s within %.1fs" % (rid, timeout))
+        if isinstance(w.error, FenderConnectionError):
+            raise FenderConnectionError(w.error.message)  # one instance per raiser
+        if w.error is not None:
+            raise w.error
+        assert w.answer is not None
+        return w.answer
+
+    def _wait_limit(self, req: Dict[str, Any], timeout: Optional[float]) -> float:
+        if timeout is not None:
+            return timeout
+        if isinstance(req.get("timeout_ms"), (int, float)):
+            # Wait a little longer than fender's deadline so that its own
+            # timeout answer, with meta, is what the caller sees.
+            return req["timeout_ms"] / 1000.0 + 5.0
+        return self.timeout
+
+    def _send(self, req: Dict[str, Any], w: _Waiter) -> int:
+        """Register w under a fresh id and write req with that id."""
         req = dict(req)
         rid = next(self._ids)
         req["id"] = rid
         line = json.dumps(req, separators=(",", ":")).encode("ascii") + b"\n"
-        if timeout is None:
-            timeout = self.timeout
-            if isinstance(req.get("timeout_ms"), (int, float)):
-                # Wait a little longer than fender's deadline so that its own
-                # timeout answer, with meta, is what the caller sees.
-                timeout = req["timeout_ms"] / 1000.0 + 5.0
-        w = _Waiter(on_chunk)
         with self._lock:
             if self._closed_err is not None:
                 raise FenderConnectionError(self._closed_err.message)
@@ -176,19 +277,13 @@ class Client(object):
             with self._wlock:
                 self._sock.sendall(line)
         except OSError as e:
-            with self._lock:
-                self._pending.pop(rid, None)
+            self._forget(rid)
             raise FenderConnectionError("send to %s: %s" % (self.path, e)) from e
-        if not w.event.wait(timeout):
-            with self._lock:
-                self._pending.pop(rid, None)
-            raise FenderTimeout("no answer to request %s within %.1fs" % (rid, timeout))
-        if isinstance(w.error, FenderConnectionError):
-            raise FenderConnectionError(w.error.message)  # one instance per raiser
-        if w.error is not None:
-            raise w.error
-        assert w.answer is not None
-        return w.answer
+        return rid
+
+    def _forget(self, rid: int) -> None:
+        with self._lock:
+            self._pending.pop(rid, None)
 
     def _checked(self, req: Dict[str, Any], timeout: Optional[float] = None,
                  on_chunk: Optional[Callable[[Any], None]] = None) -> Dict[str, Any]:
@@ -214,6 +309,28 @@ class Client(object):
             req["body"] = body
         req.update(opts)
         return self._checked(req, timeout=timeout, on_chunk=on_chunk)
+
+    def stream(self, upstream: str, path: str = "/", body: Any = None,
+               timeout: Optional[float] = None, **opts: Any) -> Stream:
+        """Call ``upstream`` at ``path`` with ``"stream": true`` and return a
+        :class:`Stream`: iterate over it for the chunks as they arrive; its
+        ``final`` is then the final answer. A final ``ok: false`` raises
+        FenderError from the iteration, after the chunks that came before it.
+        ``body`` and ``opts`` are as for :meth:`call`. The request is sent
+        at once. ``timeout`` (default: the Client's, or ``timeout_ms`` plus
+        5s) bounds the wait for each next line, not the whole stream.
+        Streams and other calls may run at once, from many threads."""
+        opts.pop("stream", None)
+        unknown = set(opts) - _CALL_FIELDS
+        if unknown:
+            raise TypeError("stream() got unknown request fields: %s" % ", ".join(sorted(unknown)))
+        req = {"op": "call", "upstream": upstream, "path": path, "stream": True}  # type: Dict[str, Any]
+        if body is not None:
+            req["body"] = body
+        req.update(opts)
+        w = _Waiter(None, queue.Queue())
+        rid = self._send(req, w)
+        return Stream(self, rid, w, self._wait_limit(req, timeout))
 
     def ping(self, timeout: Optional[float] = None) -> bool:
         """True when fender answers; raises otherwise."""
@@ -300,6 +417,12 @@ class Client(object):
                 return  # its caller gave up waiting
             if not is_chunk:
                 del self._pending[rid]
+        if w.queue is not None:
+            if is_chunk:
+                w.queue.put(("chunk", msg["chunk"]))
+            else:
+                w.queue.put(("final", msg))
+            return
         if is_chunk:
             if w.on_chunk is not None and w.error is None:
                 try:
@@ -318,6 +441,8 @@ class Client(object):
         for w in pending.values():
             w.error = err
             w.event.set()
+            if w.queue is not None:
+                w.queue.put(("error", err))
 
 
 def _main(argv: list) -> int:
