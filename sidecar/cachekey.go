@@ -4,22 +4,22 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
-	"hash"
-	"sort"
+	"slices"
 	"strings"
 	"sync"
 
 	"github.com/fender-sidecar/fender/store"
 )
 
-// keyHasher is a pooled SHA-256 state with a scratch buffer.
+// keyHasher is a pooled buffer in which a key's parts are laid out before
+// one SHA-256 over them: no hash state behind an interface, so nothing
+// escapes to the heap per key.
 type keyHasher struct {
-	h       hash.Hash
-	scratch []byte
+	buf     []byte
 	members []member
 }
 
-var hashers = sync.Pool{New: func() any { return &keyHasher{h: sha256.New()} }}
+var hashers = sync.Pool{New: func() any { return &keyHasher{buf: make([]byte, 0, 1024)} }}
 
 // cacheKey is SHA-256 over the upstream, method, path, model, the body with
 // JSON object keys sorted at every depth (strings and numbers otherwise kept
@@ -28,47 +28,42 @@ var hashers = sync.Pool{New: func() any { return &keyHasher{h: sha256.New()} }}
 func cacheKey(upstream string, req *Request, vary []string) store.Key {
 	kh := hashers.Get().(*keyHasher)
 	defer hashers.Put(kh)
-	kh.h.Reset()
-	kh.part([]byte(upstream))
-	kh.part([]byte(req.Method))
-	kh.part([]byte(req.Path))
-	kh.part([]byte(req.Model))
+	b := kh.buf[:0]
+	b = appendPart(b, upstream)
+	b = appendPart(b, req.Method)
+	b = appendPart(b, req.Path)
+	b = appendPart(b, req.Model)
 	switch {
 	case req.Body != nil:
-		kh.scratch = append(kh.scratch[:0], 'j')
-		kh.scratch = kh.canonical(kh.scratch, req.Body)
-		kh.part(kh.scratch)
+		mark := len(b)
+		b = append(b, 0, 0, 0, 0, 0, 0, 0, 0, 'j')
+		b = kh.canonical(b, req.Body)
+		binary.BigEndian.PutUint64(b[mark:], uint64(len(b)-mark-8))
 	case req.BodyText != nil:
-		kh.scratch = append(kh.scratch[:0], 't')
-		kh.scratch = append(kh.scratch, *req.BodyText...)
-		kh.part(kh.scratch)
+		b = binary.BigEndian.AppendUint64(b, uint64(len(*req.BodyText)+1))
+		b = append(b, 't')
+		b = append(b, *req.BodyText...)
 	default:
-		kh.part(nil)
+		b = appendPart(b, "")
 	}
 	for _, name := range vary {
-		kh.part([]byte(strings.ToLower(name)))
-		found := false
+		b = appendPart(b, strings.ToLower(name))
+		value := ""
 		for _, h := range req.Headers {
 			if strings.EqualFold(h[0], name) {
-				kh.part([]byte(h[1]))
-				found = true
+				value = h[1]
 				break
 			}
 		}
-		if !found {
-			kh.part(nil)
-		}
+		b = appendPart(b, value)
 	}
-	var k store.Key
-	kh.h.Sum(k[:0])
-	return k
+	kh.buf = b
+	return sha256.Sum256(b)
 }
 
-func (kh *keyHasher) part(b []byte) {
-	var n [8]byte
-	binary.BigEndian.PutUint64(n[:], uint64(len(b)))
-	kh.h.Write(n[:])
-	kh.h.Write(b)
+func appendPart(b []byte, s string) []byte {
+	b = binary.BigEndian.AppendUint64(b, uint64(len(s)))
+	return append(b, s...)
 }
 
 // canonical appends v, a valid compact JSON value, with object keys sorted
@@ -80,13 +75,13 @@ func (kh *keyHasher) canonical(dst, v []byte) []byte {
 		start := len(kh.members)
 		kh.members, _ = members(v, kh.members, false)
 		ms := kh.members[start:]
-		sort.Slice(ms, func(i, j int) bool { return bytes.Compare(ms[i].key, ms[j].key) < 0 })
+		slices.SortFunc(ms, func(a, b member) int { return bytes.Compare(a.key, b.key) })
 		dst = append(dst, '{')
 		for i, m := range ms {
 			if i > 0 {
 				dst = append(dst, ',')
 			}
-			dst = appendString(dst, string(m.key))
+			dst = appendStringBytes(dst, m.key)
 			dst = append(dst, ':')
 			dst = kh.canonical(dst, m.raw)
 		}

@@ -4,8 +4,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"net/http"
-	"sort"
+	"slices"
 	"strconv"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -113,11 +114,12 @@ func appendResult(dst []byte, id []byte, r *Result) []byte {
 // appendHeaders writes h as an object of strings, names sorted, the values of a
 // repeated header joined with ", ".
 func appendHeaders(dst []byte, h http.Header) []byte {
-	names := make([]string, 0, len(h))
+	var stack [16]string
+	names := stack[:0]
 	for k := range h {
 		names = append(names, k)
 	}
-	sort.Strings(names)
+	slices.Sort(names)
 	dst = append(dst, '{')
 	for i, k := range names {
 		if i > 0 {
@@ -130,14 +132,7 @@ func appendHeaders(dst []byte, h http.Header) []byte {
 			dst = appendString(dst, vs[0])
 			continue
 		}
-		joined := ""
-		for j, v := range vs {
-			if j > 0 {
-				joined += ", "
-			}
-			joined += v
-		}
-		dst = appendString(dst, joined)
+		dst = appendString(dst, strings.Join(vs, ", "))
 	}
 	return append(dst, '}')
 }
@@ -155,6 +150,25 @@ func appendBody(dst []byte, body []byte) []byte {
 }
 
 const hexDigits = "0123456789abcdef"
+
+// appendStringBytes is appendString for a byte slice.
+func appendStringBytes(dst []byte, b []byte) []byte {
+	if bytes.IndexByte(b, '"') < 0 && bytes.IndexByte(b, '\\') < 0 && utf8.Valid(b) && !hasControl(b) {
+		dst = append(dst, '"')
+		dst = append(dst, b...)
+		return append(dst, '"')
+	}
+	return appendString(dst, string(b))
+}
+
+func hasControl(b []byte) bool {
+	for _, c := range b {
+		if c < 0x20 {
+			return true
+		}
+	}
+	return false
+}
 
 // appendString appends s as a JSON string; invalid UTF-8 becomes U+FFFD.
 func appendString(dst []byte, s string) []byte {

@@ -22,14 +22,15 @@ import (
 // moment its line is read until its answer is written, so a client that does
 // not read its answers stops its own reader, and only its own.
 type conn struct {
-	s     *Server
-	c     *net.UnixConn
-	peer  sidecar.Peer
-	ctx   context.Context
-	stop  context.CancelCauseFunc
-	slots chan struct{}
-	work  sync.WaitGroup
-	br    *bufio.Reader // used by one reader goroutine at a time
+	s               *Server
+	c               *net.UnixConn
+	peer            sidecar.Peer
+	ctx             context.Context
+	stop            context.CancelCauseFunc
+	slots           chan struct{}
+	work            sync.WaitGroup
+	br              *bufio.Reader // used by one reader goroutine at a time, as are:
+	lineBuf, outBuf []byte        // the line being read and a fast answer, reused
 
 	// Answers are written by the goroutine that made them, under wmu, with
 	// no writer goroutine to hand them to (a handoff costs a thread wake-up
@@ -113,7 +114,10 @@ func (c *conn) read() (end int, line []byte) {
 		case <-c.ctx.Done():
 			return endStop, nil
 		}
-		line, tooLarge, err := readLine(c.br, max)
+		line, tooLarge, err := readLineInto(c.br, max, c.lineBuf)
+		if cap(line) <= 64<<10 {
+			c.lineBuf = line[:0] // reused for the next line, unless huge
+		}
 		if err != nil && len(line) == 0 && !tooLarge {
 			<-c.slots
 			return c.readEnd(err), nil
@@ -127,7 +131,11 @@ func (c *conn) read() (end int, line []byte) {
 		default:
 			if out, ok := c.fast(line); ok {
 				c.send(out, true)
+				if cap(out) <= 64<<10 {
+					c.outBuf = out[:0]
+				}
 			} else {
+				line = bytes.Clone(line) // the handler keeps it; lineBuf is reused
 				// A read error after this last line is met again by
 				// the next reader.
 				c.work.Add(1)
@@ -166,7 +174,10 @@ func (c *conn) fast(line []byte) ([]byte, bool) {
 	if c.s.fast == nil {
 		return nil, false
 	}
-	return c.s.fast.TryHandle(c.peer, line, make([]byte, 0, 512))
+	if c.outBuf == nil {
+		c.outBuf = make([]byte, 0, 1024)
+	}
+	return c.s.fast.TryHandle(c.peer, line, c.outBuf[:0])
 }
 
 // emit sends a chunk line of a streamed answer. It blocks while the client
@@ -210,6 +221,13 @@ func (c *conn) send(line []byte, final bool) bool {
 // tooLarge set: the reader never holds more than max bytes of it. A last line
 // without "\n" before EOF is returned with err io.EOF.
 func readLine(br *bufio.Reader, max int) (line []byte, tooLarge bool, err error) {
+	return readLineInto(br, max, nil)
+}
+
+// readLineInto is readLine assembling the line in buf (reused: the line is
+// the caller's only until the next call).
+func readLineInto(br *bufio.Reader, max int, buf []byte) (line []byte, tooLarge bool, err error) {
+	line = buf[:0]
 	for {
 		frag, e := br.ReadSlice('\n')
 		if !tooLarge {
