@@ -238,7 +238,7 @@ func (s *Service) store(key store.Key, upstream string, lp *livePolicy, req *Req
 	}
 	now := time.Now()
 	s.cache.Set(key, &store.Entry{
-		Upstream: upstream, Status: o.status, Header: o.header, Body: o.body, Encoded: appendBody(nil, o.body),
+		Upstream: upstream, Status: o.status, BodyLen: len(o.body), Encoded: encodeAnswer(o.header, o.body),
 		Fresh: now.Add(ttl), Stale: now.Add(ttl + lp.CacheStale),
 	})
 }

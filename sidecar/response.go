@@ -32,7 +32,7 @@ type Result struct {
 	Status  int
 	Header  http.Header
 	Body    []byte
-	encoded []byte          // Body already encoded for the answer line (a cache entry's)
+	encoded []byte          // `"headers":..,"body":..` already encoded (a cache entry's)
 	stream  *upstreamStream // a streamed answer not yet sent
 	Err     *Error
 	Meta    Meta
@@ -68,16 +68,16 @@ func appendResult(dst []byte, id []byte, r *Result) []byte {
 	if r.Status > 0 {
 		dst = append(dst, `,"status":`...)
 		dst = strconv.AppendInt(dst, int64(r.Status), 10)
-		dst = append(dst, `,"headers":`...)
-		dst = appendHeaders(dst, r.Header)
-		switch {
-		case r.Meta.streamed: // the body went out as chunks
-		case r.encoded != nil:
-			dst = append(dst, `,"body":`...)
+		if r.encoded != nil {
+			dst = append(dst, ',')
 			dst = append(dst, r.encoded...)
-		default:
-			dst = append(dst, `,"body":`...)
-			dst = appendBody(dst, r.Body)
+		} else {
+			dst = append(dst, `,"headers":`...)
+			dst = appendHeaders(dst, r.Header)
+			if !r.Meta.streamed { // else the body went out as chunks
+				dst = append(dst, `,"body":`...)
+				dst = appendBody(dst, r.Body)
+			}
 		}
 	}
 	if r.hasMeta {
@@ -135,6 +135,16 @@ func appendHeaders(dst []byte, h http.Header) []byte {
 		dst = appendString(dst, strings.Join(vs, ", "))
 	}
 	return append(dst, '}')
+}
+
+// encodeAnswer is the `"headers":..,"body":..` part of an answer line, as a
+// cache entry keeps it.
+func encodeAnswer(h http.Header, body []byte) []byte {
+	dst := make([]byte, 0, len(body)+64+32*len(h))
+	dst = append(dst, `"headers":`...)
+	dst = appendHeaders(dst, h)
+	dst = append(dst, `,"body":`...)
+	return appendBody(dst, body)
 }
 
 // appendBody writes an upstream body as JSON when it is valid JSON (compacted,

@@ -28,9 +28,13 @@ type Entry struct {
 	Status   int
 	Header   http.Header
 	Body     []byte
-	Encoded  []byte    // Body as it appears in an answer line, encoded once
-	Fresh    time.Time // fresh until
-	Stale    time.Time // served stale (on errors) until
+	// Encoded is the answer's headers and body as they appear in an answer
+	// line, encoded once; a holder of Encoded may leave Header and Body nil
+	// and give the body's length in BodyLen.
+	Encoded []byte
+	BodyLen int
+	Fresh   time.Time // fresh until
+	Stale   time.Time // served stale (on errors) until
 }
 
 // overhead approximates what an entry costs beyond its body and headers: the
@@ -39,7 +43,7 @@ const overhead = 256
 
 // Size is what the entry counts against the byte bound: at least its body.
 func (e *Entry) Size() int64 {
-	n := int64(len(e.Body)+len(e.Encoded)+len(e.Upstream)) + overhead
+	n := int64(len(e.Body)+e.BodyLen+len(e.Encoded)+len(e.Upstream)) + overhead
 	for k, vs := range e.Header {
 		n += int64(len(k))
 		for _, v := range vs {
