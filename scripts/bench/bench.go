@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"syscall"
+
+	"github.com/fender-sidecar/fender/scripts/internal/fenderproc"
 )
 
 // The NDJSON request lines after `{"id":ID`: the fender pass-through call
@@ -97,8 +99,8 @@ func startFloorProc(ctx context.Context, sock string) (*proc, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := p.waitSocket(ctx, sock); err != nil {
-		p.stop(syscall.SIGKILL)
+	if err := p.WaitReady(ctx, sock, fenderproc.Dial(sock)); err != nil {
+		p.Stop(syscall.SIGKILL, stopWait)
 		return nil, err
 	}
 	return p, nil
@@ -109,7 +111,7 @@ func (b *bench) close() {
 		b.floor.close()
 	}
 	if b.floorProc != nil {
-		b.floorProc.stop(syscall.SIGTERM)
+		b.floorProc.Stop(syscall.SIGTERM, stopWait)
 	}
 	if b.up != nil {
 		b.up.close()
@@ -159,8 +161,8 @@ func (b *bench) startFender(ctx context.Context) (*proc, string, error) {
 }
 
 func (b *bench) stopFender(p *proc) {
-	if code := p.stop(syscall.SIGTERM); code != 0 {
-		b.note("fender exited with status %d after SIGTERM; output:\n%s", code, tail(p.output.String(), 2048))
+	if code := p.Stop(syscall.SIGTERM, stopWait); code != 0 {
+		b.note("fender exited with status %d after SIGTERM; output:\n%s", code, tail(p.Output.String(), 2048))
 	}
 }
 
@@ -203,7 +205,7 @@ func (b *bench) oneRun(ctx context.Context) (runResult, error) {
 	floor := func() (worker, error) { return dialND(ctx, b.floorPath, passSuffix) }
 	floorName, floorPids := "floor (NDJSON echo, in process)", []int(nil)
 	if b.floorProc != nil {
-		floorName, floorPids = "floor (NDJSON echo)", []int{b.floorProc.pid()}
+		floorName, floorPids = "floor (NDJSON echo)", []int{b.floorProc.PID()}
 	}
 	if err := add(b.measure(ctx, "floor", floorName, floor, floorPids)); err != nil {
 		return r, err
@@ -285,11 +287,11 @@ func (b *bench) haproxyRow(ctx context.Context) (rowResult, error) {
 		b.note("%s", skip)
 		return rowResult{Key: key, Name: name, Skipped: skip}, nil
 	}
-	defer p.stop(syscall.SIGKILL)
+	defer p.Stop(syscall.SIGKILL, stopWait)
 	client := newHTTPClient(sock)
 	defer client.CloseIdleConnections()
 	nw := func() (worker, error) { return &httpWorker{client: client, url: "http://haproxy/v1/x"}, nil }
-	return b.measure(ctx, key, name, nw, procTree(p.pid()))
+	return b.measure(ctx, key, name, nw, procTree(p.PID()))
 }
 
 // fenderRow measures fender on a fresh process: pass-through (bypass), or
@@ -316,7 +318,7 @@ func (b *bench) fenderRow(ctx context.Context, hit bool) (rowResult, []tputResul
 	}
 	nw := func() (worker, error) { return dialND(ctx, sock, suffix) }
 	calls := b.up.calls.Load()
-	row, err := b.measure(ctx, key, name, nw, []int{p.pid()})
+	row, err := b.measure(ctx, key, name, nw, []int{p.PID()})
 	if err != nil || !hit {
 		return row, nil, err
 	}

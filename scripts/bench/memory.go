@@ -49,7 +49,7 @@ func (b *bench) memoryPhase(ctx context.Context) (memResult, error) {
 		return m, err
 	}
 	defer b.stopFender(p)
-	pid := []int{p.pid()}
+	pid := []int{p.PID()}
 
 	conns := make([]*ndWorker, 0, b.o.memConns)
 	defer func() {

@@ -3,137 +3,45 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
+
+	"github.com/fender-sidecar/fender/scripts/internal/fenderproc"
 )
 
 // userHZ is the kernel's clock tick for /proc/PID/stat times (USER_HZ,
 // 100 on every Linux architecture Go supports).
 const userHZ = 100
 
-// buildFender builds the module root (found upward from the working
-// directory) into dir.
+// proc is a child process the tool started: fender, haproxy or the floor.
+type proc = fenderproc.Proc
+
+// stopWait bounds how long a stopped process may take to exit.
+const stopWait = 10 * time.Second
+
 func buildFender(ctx context.Context, dir string) (string, error) {
-	root, err := moduleRoot()
-	if err != nil {
-		return "", err
-	}
-	bin := filepath.Join(dir, "fender")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "-ldflags", "-X main.version=bench", ".")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("build fender in %s: %v\n%s", root, err, out)
-	}
-	return bin, nil
+	return fenderproc.Build(ctx, dir, "bench")
 }
 
-func moduleRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		b, err := os.ReadFile(filepath.Join(dir, "go.mod"))
-		if err == nil && bytes.Contains(b, []byte("module github.com/fender-sidecar/fender")) {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("not inside the fender module; run from the repository root or pass -fender")
-		}
-		dir = parent
-	}
-}
+func startProc(name string, cmd *exec.Cmd) (*proc, error) { return fenderproc.Start(name, cmd) }
 
-// proc is a child process the tool started: fender or haproxy.
-type proc struct {
-	name   string
-	cmd    *exec.Cmd
-	output *syncBuffer
-	exited chan struct{}
-	once   sync.Once
-	code   int
-}
-
-func startProc(name string, cmd *exec.Cmd) (*proc, error) {
-	p := &proc{name: name, cmd: cmd, output: &syncBuffer{}, exited: make(chan struct{})}
-	cmd.Stdout, cmd.Stderr = p.output, p.output
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	go func() {
-		_ = cmd.Wait()
-		close(p.exited)
-	}()
-	return p, nil
-}
-
-func (p *proc) pid() int { return p.cmd.Process.Pid }
-
-// stop sends sig, waits up to 10s, then kills; it returns the exit status
-// (-1 when killed by a signal). Safe to call more than once.
-func (p *proc) stop(sig os.Signal) int {
-	p.once.Do(func() {
-		_ = p.cmd.Process.Signal(sig)
-		select {
-		case <-p.exited:
-		case <-time.After(10 * time.Second):
-			_ = p.cmd.Process.Kill()
-			<-p.exited
-		}
-		p.code = p.cmd.ProcessState.ExitCode()
-	})
-	return p.code
-}
-
-// waitSocket waits until something accepts connections on the Unix socket.
-func (p *proc) waitSocket(ctx context.Context, sock string) error {
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		select {
-		case <-p.exited:
-			return fmt.Errorf("%s exited before serving; output:\n%s", p.name, tail(p.output.String(), 4096))
-		default:
-		}
-		conn, err := net.DialTimeout("unix", sock, time.Second)
-		if err == nil {
-			conn.Close()
-			return nil
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return fmt.Errorf("%s not listening on %s: %v; output:\n%s", p.name, sock, err, tail(p.output.String(), 4096))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
+func tail(s string, n int) string { return fenderproc.Tail(s, n) }
 
 // startFender runs bin with only env as its FENDER_ configuration and waits
 // until it serves on env["FENDER_SOCKET"].
 func startFender(ctx context.Context, bin string, env map[string]string) (*proc, error) {
-	cmd := exec.Command(bin)
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "FENDER_") {
-			cmd.Env = append(cmd.Env, kv)
-		}
-	}
-	for k, v := range env {
-		cmd.Env = append(cmd.Env, k+"="+v)
-	}
-	p, err := startProc("fender", cmd)
+	p, err := startProc("fender", fenderproc.FenderCmd(bin, env))
 	if err != nil {
 		return nil, err
 	}
-	if err := p.waitSocket(ctx, env["FENDER_SOCKET"]); err != nil {
-		p.stop(syscall.SIGKILL)
+	if err := p.WaitReady(ctx, env["FENDER_SOCKET"], fenderproc.Dial(env["FENDER_SOCKET"])); err != nil {
+		p.Stop(syscall.SIGKILL, stopWait)
 		return nil, err
 	}
 	return p, nil
@@ -198,8 +106,8 @@ func startHAProxy(ctx context.Context, bin, dir, sock, upstream string) (*proc, 
 	if err != nil {
 		return nil, err
 	}
-	if err := p.waitSocket(ctx, sock); err != nil {
-		p.stop(syscall.SIGKILL)
+	if err := p.WaitReady(ctx, sock, fenderproc.Dial(sock)); err != nil {
+		p.Stop(syscall.SIGKILL, stopWait)
 		return nil, err
 	}
 	return p, nil
@@ -286,32 +194,4 @@ func loadAvg() string {
 		return ""
 	}
 	return strings.Join(f[:3], " ")
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent writes and reads.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.buf.Len() > 1<<20 { // keep the last output only
-		b.buf.Next(b.buf.Len() / 2)
-	}
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func tail(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return "...\n" + s[len(s)-n:]
 }

@@ -28,7 +28,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -37,6 +36,8 @@ import (
 	"syscall"
 	"text/tabwriter"
 	"time"
+
+	"github.com/fender-sidecar/fender/scripts/internal/fenderproc"
 )
 
 type options struct {
@@ -214,7 +215,7 @@ func run(o options) (*report, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer fp.stop()
+	defer fp.Stop(syscall.SIGTERM, 15*time.Second)
 	if err := waitReady(ctx, sock, fp); err != nil {
 		return nil, err
 	}
@@ -226,44 +227,14 @@ func run(o options) (*report, error) {
 	rep.UpstreamCalls = up.calls.Load()
 	rep.CallsSaved = int64(o.n) - rep.UpstreamCalls
 	rep.FenderStats = askStats(sock)
-	if code := fp.stop(); code != 0 {
-		return rep, fmt.Errorf("fender exited with status %d after SIGTERM; stderr:\n%s", code, tail(fp.stderr.String(), 4096))
+	if code := fp.Stop(syscall.SIGTERM, 15*time.Second); code != 0 {
+		return rep, fmt.Errorf("fender exited with status %d after SIGTERM; stderr:\n%s", code, tail(fp.Output.String(), 4096))
 	}
 	return rep, nil
 }
 
-// buildFender builds the module root (found upward from the working
-// directory) into dir.
 func buildFender(ctx context.Context, dir string) (string, error) {
-	root, err := moduleRoot()
-	if err != nil {
-		return "", err
-	}
-	bin := filepath.Join(dir, "fender")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "-ldflags", "-X main.version=cachestress", ".")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("build fender in %s: %v\n%s", root, err, out)
-	}
-	return bin, nil
-}
-
-func moduleRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		b, err := os.ReadFile(filepath.Join(dir, "go.mod"))
-		if err == nil && bytes.Contains(b, []byte("module github.com/fender-sidecar/fender")) {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("not inside the fender module; run from the repository root or pass -fender")
-		}
-		dir = parent
-	}
+	return fenderproc.Build(ctx, dir, "cachestress")
 }
 
 // upstream is the fake LLM: it answers each generate call after the
@@ -313,70 +284,15 @@ func (u *upstream) close() {
 }
 
 // fenderProc is the running fender.
-type fenderProc struct {
-	cmd    *exec.Cmd
-	stderr *syncBuffer
-	exited chan struct{}
-	once   sync.Once
-	code   int
-}
+type fenderProc = fenderproc.Proc
 
 func startFender(bin string, env map[string]string) (*fenderProc, error) {
-	cmd := exec.Command(bin)
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "FENDER_") {
-			cmd.Env = append(cmd.Env, kv)
-		}
-	}
-	for k, v := range env {
-		cmd.Env = append(cmd.Env, k+"="+v)
-	}
-	p := &fenderProc{cmd: cmd, stderr: &syncBuffer{}, exited: make(chan struct{})}
-	cmd.Stderr = p.stderr
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start fender: %w", err)
-	}
-	go func() {
-		_ = cmd.Wait()
-		close(p.exited)
-	}()
-	return p, nil
+	return fenderproc.Start("fender", fenderproc.FenderCmd(bin, env))
 }
 
-// stop sends SIGTERM, waits up to 15s, then kills; it returns the exit
-// status. Safe to call more than once.
-func (p *fenderProc) stop() int {
-	p.once.Do(func() {
-		_ = p.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-p.exited:
-		case <-time.After(15 * time.Second):
-			_ = p.cmd.Process.Kill()
-			<-p.exited
-		}
-		p.code = p.cmd.ProcessState.ExitCode()
-	})
-	return p.code
-}
-
+// waitReady waits until fender serves on sock.
 func waitReady(ctx context.Context, sock string, p *fenderProc) error {
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		select {
-		case <-p.exited:
-			return fmt.Errorf("fender exited before serving; stderr:\n%s", tail(p.stderr.String(), 4096))
-		default:
-		}
-		conn, err := net.DialTimeout("unix", sock, time.Second)
-		if err == nil {
-			conn.Close()
-			return nil
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return fmt.Errorf("fender not listening on %s: %v", sock, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	return p.WaitReady(ctx, sock, fenderproc.Dial(sock))
 }
 
 // answer is the part of a call's answer the tool reads.
@@ -532,27 +448,4 @@ func askStats(sock string) json.RawMessage {
 	return json.RawMessage(bytes.TrimSpace(line))
 }
 
-// syncBuffer is a bytes.Buffer safe for concurrent writes and reads.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func tail(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return "...\n" + s[len(s)-n:]
-}
+func tail(s string, n int) string { return fenderproc.Tail(s, n) }

@@ -29,14 +29,14 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"text/tabwriter"
 	"time"
+
+	"github.com/fender-sidecar/fender/scripts/internal/fenderproc"
 )
 
 type options struct {
@@ -187,7 +187,7 @@ func run(o options) (*report, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer p.stop()
+	defer p.Stop(syscall.SIGTERM, 15*time.Second)
 	if err := waitReady(ctx, sock, p); err != nil {
 		return nil, err
 	}
@@ -206,7 +206,7 @@ func run(o options) (*report, error) {
 		return nil, err
 	}
 	if _, _, err := fc.stream(ctx, 0, want); err != nil {
-		return nil, fmt.Errorf("%w; fender stderr:\n%s", err, tail(p.stderr.String(), 4096))
+		return nil, fmt.Errorf("%w; fender stderr:\n%s", err, tail(p.Output.String(), 4096))
 	}
 
 	rep := &report{Events: o.events, IntervalMs: ms(o.interval), ThinkMs: ms(o.think), Runs: o.runs,
@@ -224,7 +224,7 @@ func run(o options) (*report, error) {
 				}
 			} else {
 				if f, fin, ok, err = fc.streamChecked(ctx, int64(i+1), want); err != nil {
-					return nil, fmt.Errorf("round %d via fender: %w; fender stderr:\n%s", i, err, tail(p.stderr.String(), 4096))
+					return nil, fmt.Errorf("round %d via fender: %w; fender stderr:\n%s", i, err, tail(p.Output.String(), 4096))
 				}
 				rep.FenderMetaOK = rep.FenderMetaOK && ok
 			}
@@ -242,8 +242,8 @@ func run(o options) (*report, error) {
 	rep.ChunkAdded = distOf(chunkAdd)
 	rep.TotalDirect, rep.TotalFender, rep.TotalAdded = distOf(totD), distOf(totF), distOf(totAdd)
 	conn.Close()
-	if code := p.stop(); code != 0 {
-		return nil, fmt.Errorf("fender exited with status %d after SIGTERM; stderr:\n%s", code, tail(p.stderr.String(), 4096))
+	if code := p.Stop(syscall.SIGTERM, 15*time.Second); code != 0 {
+		return nil, fmt.Errorf("fender exited with status %d after SIGTERM; stderr:\n%s", code, tail(p.Output.String(), 4096))
 	}
 	rep.WallSeconds = time.Since(wall).Seconds()
 	return rep, nil
@@ -435,104 +435,20 @@ func (u *upstream) close() {
 // ---------------------------------------------------------------------------
 // fender.
 
-// buildFender builds the module root (found upward from the working
-// directory) into dir.
 func buildFender(ctx context.Context, dir string) (string, error) {
-	root, err := moduleRoot()
-	if err != nil {
-		return "", err
-	}
-	bin := filepath.Join(dir, "fender")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "-ldflags", "-X main.version=streambench", ".")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("build fender in %s: %v\n%s", root, err, out)
-	}
-	return bin, nil
+	return fenderproc.Build(ctx, dir, "streambench")
 }
 
-func moduleRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		b, err := os.ReadFile(filepath.Join(dir, "go.mod"))
-		if err == nil && bytes.Contains(b, []byte("module github.com/fender-sidecar/fender")) {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("not inside the fender module; run from the repository root or pass -fender")
-		}
-		dir = parent
-	}
-}
-
-type fenderProc struct {
-	cmd    *exec.Cmd
-	stderr *syncBuffer
-	exited chan struct{}
-	once   sync.Once
-	code   int
-}
+// fenderProc is the running fender.
+type fenderProc = fenderproc.Proc
 
 func startFender(bin string, env map[string]string) (*fenderProc, error) {
-	cmd := exec.Command(bin)
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "FENDER_") {
-			cmd.Env = append(cmd.Env, kv)
-		}
-	}
-	for k, v := range env {
-		cmd.Env = append(cmd.Env, k+"="+v)
-	}
-	p := &fenderProc{cmd: cmd, stderr: &syncBuffer{}, exited: make(chan struct{})}
-	cmd.Stderr = p.stderr
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start fender: %w", err)
-	}
-	go func() {
-		_ = cmd.Wait()
-		close(p.exited)
-	}()
-	return p, nil
+	return fenderproc.Start("fender", fenderproc.FenderCmd(bin, env))
 }
 
-// stop sends SIGTERM, waits up to 15s, then kills; it returns the exit
-// status. Safe to call more than once.
-func (p *fenderProc) stop() int {
-	p.once.Do(func() {
-		_ = p.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-p.exited:
-		case <-time.After(15 * time.Second):
-			_ = p.cmd.Process.Kill()
-			<-p.exited
-		}
-		p.code = p.cmd.ProcessState.ExitCode()
-	})
-	return p.code
-}
-
-// waitReady waits until fender answers a ping on sock.
+// waitReady waits until fender serves on sock.
 func waitReady(ctx context.Context, sock string, p *fenderProc) error {
-	deadline := time.Now().Add(10 * time.Second)
-	var err error
-	for {
-		select {
-		case <-p.exited:
-			return fmt.Errorf("fender exited before serving; stderr:\n%s", tail(p.stderr.String(), 4096))
-		default:
-		}
-		if err = ping(sock); err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return fmt.Errorf("fender not answering on %s: %v; stderr:\n%s", sock, err, tail(p.stderr.String(), 4096))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	return p.WaitReady(ctx, sock, func() error { return ping(sock) })
 }
 
 func ping(sock string) error {
@@ -555,26 +471,4 @@ func ping(sock string) error {
 	return nil
 }
 
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func tail(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return "..." + s[len(s)-n:]
-}
+func tail(s string, n int) string { return fenderproc.Tail(s, n) }
