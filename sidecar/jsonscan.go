@@ -8,9 +8,10 @@ import (
 
 // The request decoder reads the top level of a request object itself rather
 // than through encoding/json's reflection: the line is validated once with
-// json.Valid, then each member's raw value is sliced out of the line (which
-// the handler owns) without copying. This keeps decoding to a few
-// allocations, and makes keys exact and duplicates visible.
+// validJSON (the same answer as encoding/json.Valid, fuzzed against it), then
+// each member's raw value is sliced out of the line (which the handler owns)
+// without copying. This keeps decoding to a few allocations, and makes keys
+// exact and duplicates visible.
 
 // member is one key and its raw value in a JSON object.
 type member struct {

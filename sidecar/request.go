@@ -108,7 +108,7 @@ func Decode(line []byte) (*Request, *Error) {
 	if t := skipSpace(line, 0); t >= len(line) || line[t] != '{' {
 		return r, Errorf(CodeBadRequest, "request must be a JSON object")
 	}
-	if !json.Valid(line) {
+	if !validJSON(line) {
 		err := json.Unmarshal(line, new(json.RawMessage))
 		return r, Errorf(CodeBadRequest, "invalid JSON: %v", err)
 	}

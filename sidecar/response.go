@@ -150,7 +150,7 @@ func encodeAnswer(h http.Header, body []byte) []byte {
 // appendBody writes an upstream body as JSON when it is valid JSON (compacted,
 // so that the answer stays one line) and as a string otherwise.
 func appendBody(dst []byte, body []byte) []byte {
-	if len(body) > 0 && utf8.Valid(body) && json.Valid(body) {
+	if len(body) > 0 && utf8.Valid(body) && validJSON(body) {
 		buf := bytes.NewBuffer(dst)
 		if json.Compact(buf, body) == nil {
 			return buf.Bytes()
