@@ -200,21 +200,11 @@ func (u *modelUpstream) Cancelled() int {
 // WaitHits waits until path has seen at least n requests.
 func (u *modelUpstream) WaitHits(t testing.TB, path string, n int, d time.Duration) {
 	t.Helper()
-	timer := time.NewTimer(d)
-	defer timer.Stop()
-	for {
+	waitCount(t, "upstream "+path+": requests", n, d, func() (int, <-chan struct{}) {
 		u.mu.Lock()
-		got, ch := u.hits[path], u.changed
-		u.mu.Unlock()
-		if got >= n {
-			return
-		}
-		select {
-		case <-ch:
-		case <-timer.C:
-			t.Fatalf("upstream %s: got %d requests within %v, want %d", path, u.Hits(path), d, n)
-		}
-	}
+		defer u.mu.Unlock()
+		return u.hits[path], u.changed
+	})
 }
 
 // wantUpstreamHits checks how many requests the upstream saw on path.

@@ -262,21 +262,11 @@ func (u *Upstream) MaxActive(path string) int {
 // WaitHits waits until path has seen at least n requests.
 func (u *Upstream) WaitHits(t testing.TB, path string, n int, d time.Duration) {
 	t.Helper()
-	timer := time.NewTimer(d)
-	defer timer.Stop()
-	for {
+	waitCount(t, "upstream "+path+": requests", n, d, func() (int, <-chan struct{}) {
 		u.mu.Lock()
-		got, ch := u.hits[path], u.changed
-		u.mu.Unlock()
-		if got >= n {
-			return
-		}
-		select {
-		case <-ch:
-		case <-timer.C:
-			t.Fatalf("upstream %s: got %d requests within %v, want %d", path, u.Hits(path), d, n)
-		}
-	}
+		defer u.mu.Unlock()
+		return u.hits[path], u.changed
+	})
 }
 
 // WaitCancelled waits until n requests on /hang or /slow saw their context
@@ -314,4 +304,25 @@ func upstreams(pairs ...string) string {
 		parts = append(parts, pairs[i]+"="+pairs[i+1])
 	}
 	return strings.Join(parts, ",")
+}
+
+// waitCount waits until read's count reaches n, waking when the channel it
+// returns with the count is closed (on each change), and fails the test
+// after d.
+func waitCount(t testing.TB, what string, n int, d time.Duration, read func() (int, <-chan struct{})) {
+	t.Helper()
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	for {
+		got, changed := read()
+		if got >= n {
+			return
+		}
+		select {
+		case <-changed:
+		case <-timer.C:
+			got, _ = read()
+			t.Fatalf("%s: got %d within %v, want %d", what, got, d, n)
+		}
+	}
 }
