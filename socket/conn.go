@@ -59,16 +59,16 @@ func (c *conn) serve() {
 	c.readLoop()
 }
 
-// readLoop reads until a line needs a handler of its own; then it starts
-// the next reader and handles that line itself, on the goroutine that is
-// already running, so the answer does not wait for another goroutine to be
-// woken. The reader that meets the end of the connection cleans up.
+// readLoop reads request lines until the connection ends, answering the
+// ones that need no waiting itself and handing the others to a worker. The
+// reader stays shallow (its stack small, which matters with thousands of
+// idle connections); the reader that meets the end of the connection waits
+// for the connection's requests and cleans up.
 func (c *conn) readLoop() {
 	end, line := c.read()
-	if line != nil {
-		go c.readLoop()
-		c.handle(line)
-		return
+	for line != nil {
+		c.s.workers.run(task{c: c, line: line})
+		end, line = c.read()
 	}
 	switch end {
 	case endEOF:
@@ -105,6 +105,7 @@ const (
 
 // read frames request lines until one needs a handler (returned, with its
 // slot taken and counted as work), or until EOF, an error or StopReading.
+// A read error met after a returned line is met again by the next call.
 // Lines that can be answered at once are answered here.
 func (c *conn) read() (end int, line []byte) {
 	max := c.s.opts.MaxRequestBytes
@@ -136,8 +137,6 @@ func (c *conn) read() (end int, line []byte) {
 				}
 			} else {
 				line = bytes.Clone(line) // the handler keeps it; lineBuf is reused
-				// A read error after this last line is met again by
-				// the next reader.
 				c.work.Add(1)
 				c.s.workAdd(1)
 				return 0, line

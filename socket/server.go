@@ -61,13 +61,15 @@ type Server struct {
 	log   zerolog.Logger
 	hooks Hooks
 
-	base   context.Context // parent of every request context
-	abort  context.CancelCauseFunc
-	conns  sync.WaitGroup
-	workMu sync.Mutex
-	nwork  int             // request handlers in flight
-	idle   []chan struct{} // closed when nwork reaches 0
-	active atomic.Int64
+	base    context.Context // parent of every request context
+	abort   context.CancelCauseFunc
+	conns   sync.WaitGroup
+	workers *workers
+	nwork   atomic.Int64 // request handlers in flight
+	waited  atomic.Bool  // Idle was called: workAdd must look at idle
+	workMu  sync.Mutex
+	idle    []chan struct{} // closed when nwork reaches 0; guarded by workMu
+	active  atomic.Int64
 
 	mu       sync.Mutex
 	open     map[*conn]struct{}
@@ -84,7 +86,7 @@ func NewServer(ln *net.UnixListener, h Handler, opts Options) *Server {
 	if opts.MaxConnInflight <= 0 {
 		opts.MaxConnInflight = 256
 	}
-	s := &Server{ln: ln, h: h, opts: opts, hooks: opts.Hooks, open: map[*conn]struct{}{}, served: make(chan struct{})}
+	s := &Server{ln: ln, h: h, opts: opts, hooks: opts.Hooks, open: map[*conn]struct{}{}, served: make(chan struct{}), workers: newWorkers()}
 	if s.hooks == nil {
 		s.hooks = nopHooks{}
 	}
@@ -167,24 +169,34 @@ func (s *Server) Idle() <-chan struct{} {
 	ch := make(chan struct{})
 	s.workMu.Lock()
 	defer s.workMu.Unlock()
-	if s.nwork == 0 {
-		close(ch)
-	} else {
-		s.idle = append(s.idle, ch)
-	}
+	s.idle = append(s.idle, ch)
+	s.waited.Store(true)
+	s.wakeIdle()
 	return ch
 }
 
-func (s *Server) workAdd(d int) {
-	s.workMu.Lock()
-	defer s.workMu.Unlock()
-	s.nwork += d
-	if s.nwork == 0 {
-		for _, ch := range s.idle {
-			close(ch)
-		}
-		s.idle = nil
+// workAdd counts handlers in flight without a lock on the request path:
+// the lock is taken only when the count reaches 0 after Idle was called.
+// Idle sets waited before it reads the count and workAdd changes the count
+// before it reads waited, so one of them always sees the other.
+func (s *Server) workAdd(d int64) {
+	if s.nwork.Add(d) == 0 && s.waited.Load() {
+		s.workMu.Lock()
+		s.wakeIdle()
+		s.workMu.Unlock()
 	}
+}
+
+// wakeIdle closes the Idle channels when no handler is in flight; workMu
+// is held.
+func (s *Server) wakeIdle() {
+	if s.nwork.Load() != 0 {
+		return
+	}
+	for _, ch := range s.idle {
+		close(ch)
+	}
+	s.idle = nil
 }
 
 // Abort cancels every request in flight with cause; each is still answered.
