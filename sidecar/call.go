@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/fender-sidecar/fender/h1"
 	"github.com/fender-sidecar/fender/policy"
 )
 
@@ -127,22 +128,13 @@ func (s *Service) attempt(ctx context.Context, up *upstream, lp *livePolicy, req
 			cancel(nil)
 		}
 	}()
-	var body io.Reader
-	switch {
-	case req.Body != nil:
-		body = bytes.NewReader(req.Body)
-	case req.BodyText != nil:
-		body = strings.NewReader(*req.BodyText)
-	}
-	hreq, err := http.NewRequestWithContext(actx, req.Method, up.base+req.Path, body)
-	if err != nil {
-		return outcome{class: policy.Permanent, err: Errorf(CodeBadRequest, "cannot build the upstream request: %v", err)}
-	}
-	setHeaders(hreq.Header, req)
 	start := time.Now()
 	defer func() { s.hooks.Attempt(up.name, req.Model, o.label(), time.Since(start)) }()
-	resp, err := up.client.Do(hreq)
+	resp, err := up.send(actx, req)
 	if err != nil {
+		if rerr, ok := errors.AsType[*h1.RequestError](err); ok {
+			return outcome{class: policy.Permanent, err: Errorf(CodeBadRequest, "cannot build the upstream request: %v", rerr.Err)}
+		}
 		return transportFailure(ctx, actx, err, lp.Timeout)
 	}
 	for k := range resp.Header {
@@ -180,6 +172,31 @@ func (s *Service) attempt(ctx context.Context, up *upstream, lp *livePolicy, req
 		}
 	}
 	return o
+}
+
+// send makes one HTTP exchange with the upstream; the answer's body is
+// still to be read. A request that cannot be sent as given is an
+// *h1.RequestError.
+func (up *upstream) send(ctx context.Context, req *Request) (*http.Response, error) {
+	h := make(http.Header, len(req.Headers)+1)
+	setHeaders(h, req)
+	body := req.Body
+	if body == nil && req.BodyText != nil {
+		body = []byte(*req.BodyText)
+	}
+	if up.h1 != nil {
+		return up.h1.Do(ctx, &h1.Request{Method: req.Method, Path: req.Path, Header: h, Body: body})
+	}
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	hreq, err := http.NewRequestWithContext(ctx, req.Method, up.base+req.Path, rd)
+	if err != nil {
+		return nil, &h1.RequestError{Err: err}
+	}
+	hreq.Header = h
+	return up.client.Do(hreq)
 }
 
 // transportFailure classifies an attempt that got no complete answer.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/eapache/go-resiliency/retrier"
 
+	"github.com/fender-sidecar/fender/h1"
 	"github.com/fender-sidecar/fender/policy"
 )
 
@@ -62,7 +63,8 @@ type upstream struct {
 	name     string
 	base     string // scheme://host[:port][/prefix], no trailing slash
 	redacted string // base with any password masked, for health and logs
-	client   *http.Client
+	h1       *h1.Client   // plaintext upstreams: fender's own HTTP/1.1 client
+	client   *http.Client // https upstreams: net/http, HTTP/2 when offered
 	budget   policy.Budget
 	pol      atomic.Pointer[livePolicy]
 }
@@ -109,34 +111,47 @@ func newUpstream(c UpstreamConfig, maxIdlePerHost int) (*upstream, error) {
 	if err := c.Policy.Validate(); err != nil {
 		return nil, err
 	}
-	dialer := &net.Dialer{KeepAlive: 30 * time.Second}
-	transport := &http.Transport{
-		Proxy:                  nil, // upstreams are only those configured
-		DialContext:            dialer.DialContext,
-		ForceAttemptHTTP2:      true,
-		MaxIdleConns:           maxIdlePerHost,
-		MaxIdleConnsPerHost:    maxIdlePerHost,
-		IdleConnTimeout:        90 * time.Second,
-		TLSHandshakeTimeout:    10 * time.Second,
-		ExpectContinueTimeout:  time.Second,
-		MaxResponseHeaderBytes: 1 << 20,
-	}
 	up := &upstream{
 		name:     c.Name,
 		base:     strings.TrimRight(u.String(), "/"),
 		redacted: strings.TrimRight(u.Redacted(), "/"),
-		client: &http.Client{
-			Transport: transport,
+	}
+	if u.Scheme == "http" {
+		// The calling goroutine writes and reads: no per-connection
+		// goroutines to hand requests to (see package h1).
+		if up.h1, err = h1.New(u, h1.Options{MaxIdle: maxIdlePerHost, IdleTimeout: 90 * time.Second, MaxHeaderBytes: 1 << 20}); err != nil {
+			return nil, err
+		}
+	} else {
+		dialer := &net.Dialer{KeepAlive: 30 * time.Second}
+		up.client = &http.Client{
+			Transport: &http.Transport{
+				Proxy:                  nil, // upstreams are only those configured
+				DialContext:            dialer.DialContext,
+				ForceAttemptHTTP2:      true,
+				MaxIdleConns:           maxIdlePerHost,
+				MaxIdleConnsPerHost:    maxIdlePerHost,
+				IdleConnTimeout:        90 * time.Second,
+				TLSHandshakeTimeout:    10 * time.Second,
+				ExpectContinueTimeout:  time.Second,
+				MaxResponseHeaderBytes: 1 << 20,
+			},
 			// Redirects are answered, never followed.
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		},
+		}
 	}
 	up.pol.Store(newLivePolicy(c.Policy))
 	return up, nil
 }
 
 // close drops the upstream's idle connections.
-func (u *upstream) close() { u.client.CloseIdleConnections() }
+func (u *upstream) close() {
+	if u.h1 != nil {
+		u.h1.Close()
+	} else {
+		u.client.CloseIdleConnections()
+	}
+}
 
 // hopHeaders are never forwarded, in either direction (RFC 9110 section 7.6.1).
 var hopHeaders = map[string]bool{
