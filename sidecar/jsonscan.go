@@ -144,12 +144,29 @@ func compactJSON(v []byte) ([]byte, error) {
 	if !hasSpace(v) {
 		return v, nil
 	}
-	var buf bytes.Buffer
-	buf.Grow(len(v))
-	if err := json.Compact(&buf, v); err != nil {
-		return nil, err
+	return appendCompact(make([]byte, 0, len(v)), v), nil
+}
+
+// appendCompact appends v, a valid JSON value, without the space outside
+// its strings: what encoding/json.Compact writes, without its reflection-free
+// but byte-at-a-time scanner.
+func appendCompact(dst, v []byte) []byte {
+	start := 0 // of the run not yet copied
+	for i := 0; i < len(v); {
+		switch c := v[i]; {
+		case c == '"':
+			i = skipString(v, i)
+		case isSpace(c):
+			dst = append(dst, v[start:i]...)
+			for i < len(v) && isSpace(v[i]) {
+				i++
+			}
+			start = i
+		default:
+			i++
+		}
 	}
-	return buf.Bytes(), nil
+	return append(dst, v[start:]...)
 }
 
 // hasSpace reports whether the valid JSON value v has space outside strings.

@@ -2,7 +2,6 @@ package sidecar
 
 import (
 	"bytes"
-	"encoding/json"
 	"net/http"
 	"slices"
 	"strconv"
@@ -151,10 +150,7 @@ func encodeAnswer(h http.Header, body []byte) []byte {
 // so that the answer stays one line) and as a string otherwise.
 func appendBody(dst []byte, body []byte) []byte {
 	if len(body) > 0 && utf8.Valid(body) && validJSON(body) {
-		buf := bytes.NewBuffer(dst)
-		if json.Compact(buf, body) == nil {
-			return buf.Bytes()
-		}
+		return appendCompact(dst, body)
 	}
 	return appendString(dst, string(body))
 }

@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"bytes"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -46,4 +47,32 @@ func BenchmarkValidJSON(b *testing.B) {
 			json.Valid(benchLine)
 		}
 	})
+}
+
+func TestAppendCompactAgreesWithEncodingJSON(t *testing.T) {
+	for _, s := range validSeeds {
+		checkCompact(t, []byte(s))
+	}
+}
+
+// FuzzAppendCompact checks appendCompact against encoding/json.Compact on
+// every valid JSON input.
+func FuzzAppendCompact(f *testing.F) {
+	for _, s := range validSeeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(checkCompact)
+}
+
+func checkCompact(t *testing.T, b []byte) {
+	if !json.Valid(b) {
+		return
+	}
+	var want bytes.Buffer
+	if err := json.Compact(&want, b); err != nil {
+		t.Fatalf("json.Compact(%q): %v", b, err)
+	}
+	if got := appendCompact([]byte("x"), b); string(got) != "x"+want.String() {
+		t.Fatalf("appendCompact(%q) = %q, encoding/json.Compact gives %q", b, got[1:], want.Bytes())
+	}
 }
