@@ -37,7 +37,10 @@ func (s *Service) call(ctx context.Context, req *Request, emit Emit) *Result {
 			s.pump(ctx, req.ID, up.name, lp, res, emit, start)
 		}
 	} else {
-		key := cacheKey(up.name, req, lp.CacheVaryHeaders)
+		key := req.key
+		if req.keyPolicy != lp { // not computed by TryHandle, or the policy changed since
+			key = cacheKey(up.name, req, lp.CacheVaryHeaders)
+		}
 		if req.Cache == CacheUse && s.hit(key, up, lp, req, res, start) {
 			return res
 		}
@@ -70,39 +73,41 @@ func (s *Service) hit(key store.Key, up *upstream, lp *livePolicy, req *Request,
 
 // TryHandle answers line at once when that needs no waiting: a line that
 // does not decode, a ping, or a call answered by a fresh cache entry. The
-// socket layer calls it in the connection's reader, sparing a goroutine
-// and its wake-up; ok false means the line needs Handle.
-func (s *Service) TryHandle(peer Peer, line []byte, dst []byte) (out []byte, ok bool) {
+// socket layer calls it in the connection's reader, sparing a handoff to a
+// worker and its wake-up. When ok is false, pre is the decoded request
+// (with its cache key, when one was computed) for HandlePrepared.
+func (s *Service) TryHandle(peer Peer, line []byte, dst []byte) (out []byte, ok bool, pre any) {
 	start := time.Now()
 	req, derr := Decode(line)
 	if derr != nil {
 		s.hooks.Rejected(string(CodeBadRequest))
-		return AppendError(dst, req.ID, derr), true
+		return AppendError(dst, req.ID, derr), true, nil
 	}
 	defer func() {
 		if p := recover(); p != nil {
 			s.log.Error().Interface("panic", p).Str("op", string(req.Op)).Msg("request handler panicked")
-			out, ok = AppendError(dst, req.ID, Errorf(CodeInternal, "internal error")), true
+			out, ok, pre = AppendError(dst, req.ID, Errorf(CodeInternal, "internal error")), true, nil
 		}
 	}()
 	switch {
 	case req.Op == OpPing:
-		return appendResult(dst, req.ID, &Result{}), true
+		return appendResult(dst, req.ID, &Result{}), true, nil
 	case req.Op != OpCall, req.Stream, req.Cache != CacheUse, s.cache == nil, s.draining.Load():
-		return nil, false
+		return nil, false, req
 	}
 	up := s.upstream(req.Upstream)
 	if up == nil {
-		return nil, false
+		return nil, false, req
 	}
 	lp := up.pol.Load()
 	res := &Result{hasMeta: true}
 	res.Meta.Upstream, res.Meta.Model = req.Upstream, req.Model
-	if !s.hit(cacheKey(up.name, req, lp.CacheVaryHeaders), up, lp, req, res, start) {
-		return nil, false
+	req.key, req.keyPolicy = cacheKey(up.name, req, lp.CacheVaryHeaders), lp
+	if !s.hit(req.key, up, lp, req, res, start) {
+		return nil, false, req
 	}
 	s.finish(req, res)
-	return appendResult(dst, req.ID, res), true
+	return appendResult(dst, req.ID, res), true, nil
 }
 
 // report counts, once per answer, how the cache served it (when the cache was

@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/fender-sidecar/fender/store"
 )
 
 // Op is a request's operation.
@@ -53,6 +55,10 @@ type Request struct {
 	// Admin fields.
 	URL    string
 	Policy json.RawMessage
+
+	// The cache key, when TryHandle computed it under keyPolicy.
+	key       store.Key
+	keyPolicy *livePolicy
 }
 
 // wire is the request line's members, each kept raw so that its type can be

@@ -176,6 +176,16 @@ func (s *Service) Handle(ctx context.Context, peer Peer, line []byte, dst []byte
 		s.hooks.Rejected(string(CodeBadRequest))
 		return AppendError(dst, req.ID, derr)
 	}
+	return s.handle(ctx, peer, req, dst, emit)
+}
+
+// HandlePrepared is Handle for a request TryHandle decoded (pre, a
+// *Request).
+func (s *Service) HandlePrepared(ctx context.Context, peer Peer, pre any, dst []byte, emit Emit) []byte {
+	return s.handle(ctx, peer, pre.(*Request), dst, emit)
+}
+
+func (s *Service) handle(ctx context.Context, peer Peer, req *Request, dst []byte, emit Emit) (out []byte) {
 	defer func() {
 		if p := recover(); p != nil {
 			s.log.Error().Interface("panic", p).Str("op", string(req.Op)).Msg("request handler panicked")

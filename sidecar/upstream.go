@@ -61,8 +61,8 @@ func ValidName(s string) bool {
 // upstream is one configured upstream at run time.
 type upstream struct {
 	name     string
-	base     string // scheme://host[:port][/prefix], no trailing slash
-	redacted string // base with any password masked, for health and logs
+	base     string       // scheme://host[:port][/prefix], no trailing slash
+	redacted string       // base with any password masked, for health and logs
 	h1       *h1.Client   // plaintext upstreams: fender's own HTTP/1.1 client
 	client   *http.Client // https upstreams: net/http, HTTP/2 when offered
 	budget   policy.Budget

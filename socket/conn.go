@@ -65,10 +65,10 @@ func (c *conn) serve() {
 // idle connections); the reader that meets the end of the connection waits
 // for the connection's requests and cleans up.
 func (c *conn) readLoop() {
-	end, line := c.read()
+	end, line, pre := c.read()
 	for line != nil {
-		c.s.workers.run(task{c: c, line: line})
-		end, line = c.read()
+		c.s.workers.run(task{c: c, line: line, pre: pre})
+		end, line, pre = c.read()
 	}
 	switch end {
 	case endEOF:
@@ -103,17 +103,18 @@ const (
 	endStop          // StopReading or an aborted connection
 )
 
-// read frames request lines until one needs a handler (returned, with its
-// slot taken and counted as work), or until EOF, an error or StopReading.
+// read frames request lines until one needs a handler (returned with what
+// the fast path made of it, its slot taken and counted as work), or until
+// EOF, an error or StopReading.
 // A read error met after a returned line is met again by the next call.
 // Lines that can be answered at once are answered here.
-func (c *conn) read() (end int, line []byte) {
+func (c *conn) read() (end int, line []byte, pre any) {
 	max := c.s.opts.MaxRequestBytes
 	for {
 		select {
 		case c.slots <- struct{}{}:
 		case <-c.ctx.Done():
-			return endStop, nil
+			return endStop, nil, nil
 		}
 		line, tooLarge, err := readLineInto(c.br, max, c.lineBuf)
 		if cap(line) <= 64<<10 {
@@ -121,7 +122,7 @@ func (c *conn) read() (end int, line []byte) {
 		}
 		if err != nil && len(line) == 0 && !tooLarge {
 			<-c.slots
-			return c.readEnd(err), nil
+			return c.readEnd(err), nil, nil
 		}
 		switch {
 		case tooLarge:
@@ -130,20 +131,21 @@ func (c *conn) read() (end int, line []byte) {
 		case len(bytes.TrimSpace(line)) == 0:
 			<-c.slots
 		default:
-			if out, ok := c.fast(line); ok {
+			out, ok, pre := c.fast(line)
+			if ok {
 				c.send(out, true)
 				if cap(out) <= 64<<10 {
 					c.outBuf = out[:0]
 				}
 			} else {
-				line = bytes.Clone(line) // the handler keeps it; lineBuf is reused
+				c.lineBuf = nil // the line is the handler's now (pre may point into it)
 				c.work.Add(1)
 				c.s.workAdd(1)
-				return 0, line
+				return 0, line, pre
 			}
 		}
 		if err != nil {
-			return c.readEnd(err), nil
+			return c.readEnd(err), nil, nil
 		}
 	}
 }
@@ -159,19 +161,24 @@ func (c *conn) readEnd(err error) int {
 	return endBroken
 }
 
-// handle answers line with the Handler; the line's slot and work count were
-// taken by read.
-func (c *conn) handle(line []byte) {
+// handle answers line with the Handler, or pre with the FastHandler; the
+// line's slot and work count were taken by read.
+func (c *conn) handle(line []byte, pre any) {
 	defer c.s.workAdd(-1)
 	defer c.work.Done()
-	c.send(c.s.h.Handle(c.ctx, c.peer, line, make([]byte, 0, 512), c.emit), true)
+	dst := make([]byte, 0, 512)
+	if pre != nil {
+		c.send(c.s.fast.HandlePrepared(c.ctx, c.peer, pre, dst, c.emit), true)
+	} else {
+		c.send(c.s.h.Handle(c.ctx, c.peer, line, dst, c.emit), true)
+	}
 }
 
 // fast answers line in the reader when the handler can do so without
 // waiting (pings, cache hits): no goroutine to start and wake.
-func (c *conn) fast(line []byte) ([]byte, bool) {
+func (c *conn) fast(line []byte) ([]byte, bool, any) {
 	if c.s.fast == nil {
-		return nil, false
+		return nil, false, nil
 	}
 	if c.outBuf == nil {
 		c.outBuf = make([]byte, 0, 1024)

@@ -22,11 +22,16 @@ type Handler interface {
 	Handle(ctx context.Context, peer sidecar.Peer, line []byte, dst []byte, emit sidecar.Emit) []byte
 }
 
-// FastHandler is an optional Handler extension: TryHandle answers line at
+// FastHandler is an optional Handler extension. TryHandle answers line at
 // once when that needs no waiting (a ping, a cache hit), so the reader can
-// answer it without starting a goroutine; ok false means use Handle.
+// answer it without handing it to a worker. Otherwise it returns ok false
+// and pre, the line as far as TryHandle understood it, which the worker
+// passes to HandlePrepared instead of having the line decoded again (pre
+// nil: use Handle). pre may refer to line's bytes: the line is the
+// handler's from then on.
 type FastHandler interface {
-	TryHandle(peer sidecar.Peer, line []byte, dst []byte) (out []byte, ok bool)
+	TryHandle(peer sidecar.Peer, line []byte, dst []byte) (out []byte, ok bool, pre any)
+	HandlePrepared(ctx context.Context, peer sidecar.Peer, pre any, dst []byte, emit sidecar.Emit) []byte
 }
 
 // Options configure a Server.

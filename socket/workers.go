@@ -26,6 +26,7 @@ type workers struct {
 type task struct {
 	c    *conn
 	line []byte
+	pre  any // what FastHandler.TryHandle made of line, or nil
 }
 
 const (
@@ -47,7 +48,7 @@ func (w *workers) run(t task) {
 func (w *workers) work(t task) {
 	var idle *time.Timer
 	for {
-		t.c.handle(t.line)
+		t.c.handle(t.line, t.pre)
 		if w.idle.Add(1) > maxIdleWorkers {
 			w.idle.Add(-1)
 			break
