@@ -49,8 +49,10 @@ func (cn *conn) readResponse(ctx context.Context, method string) (*http.Response
 	switch te := h["Transfer-Encoding"]; {
 	case method == "HEAD" || resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified:
 		resp.ContentLength = 0
-		if cl, err := contentLength(h["Content-Length"]); err == nil && cl > 0 && method == "HEAD" {
-			resp.ContentLength = cl
+		if cls := h["Content-Length"]; len(cls) > 0 && method == "HEAD" {
+			if cl, err := contentLength(cls); err == nil {
+				resp.ContentLength = cl
+			}
 		}
 		resp.Body = http.NoBody
 		cn.done(true)

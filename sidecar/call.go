@@ -38,7 +38,6 @@ func (s *Service) retry(ctx context.Context, up *upstream, lp *livePolicy, br *p
 			up.budget.EndRetry()
 		}
 	}()
-	last.err = Errorf(CodeTimeout, "deadline passed before the first attempt")
 	work := func(ctx context.Context, k int) error {
 		if extra > 0 {
 			t := time.NewTimer(extra)
@@ -93,6 +92,9 @@ func (s *Service) retry(ctx context.Context, up *upstream, lp *livePolicy, br *p
 		return errRetry
 	}
 	_ = lp.retrier.RunFn(ctx, work)
+	if last.err == nil && attempts == 0 {
+		last.err = Errorf(CodeTimeout, "deadline passed before the first attempt")
+	}
 	return last, attempts
 }
 
@@ -156,7 +158,7 @@ func (s *Service) attempt(ctx context.Context, up *upstream, lp *livePolicy, req
 		return outcome{status: resp.StatusCode, header: resp.Header, class: policy.Success, stream: st}
 	}
 	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	data, err := readBody(resp, limit)
 	if err != nil {
 		return transportFailure(ctx, actx, err, lp.Timeout)
 	}
@@ -197,6 +199,26 @@ func (up *upstream) send(ctx context.Context, req *Request) (*http.Response, err
 	}
 	hreq.Header = h
 	return up.client.Do(hreq)
+}
+
+// readBody reads an answer's body, up to limit+1 bytes (one more than
+// allowed, so that the caller sees it is too large): into one exact buffer
+// when the length is known. (A HEAD answer has a length but no body.)
+func readBody(resp *http.Response, limit int64) ([]byte, error) {
+	if resp.Body == http.NoBody {
+		return []byte{}, nil
+	}
+	if n := resp.ContentLength; n >= 0 && n <= limit {
+		data := make([]byte, n)
+		if _, err := io.ReadFull(resp.Body, data); err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, err
+		}
+		return data, nil
+	}
+	return io.ReadAll(io.LimitReader(resp.Body, limit+1))
 }
 
 // transportFailure classifies an attempt that got no complete answer.

@@ -327,3 +327,67 @@ func BenchmarkHandleCall(b *testing.B) {
 	s := MustService(b, up.URL, policy.Default(), nil)
 	runHandleBench(b, s)
 }
+
+// TestCallBodyFraming reads answers framed every way HTTP/1.1 allows, at and
+// past the response size limit (1 MiB in MustService).
+func TestCallBodyFraming(t *testing.T) {
+	const limit = 1 << 20
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := 0
+		fmt.Sscan(r.URL.Query().Get("n"), &n)
+		body := make([]byte, n)
+		for i := range body {
+			body[i] = 'a'
+		}
+		switch r.URL.Path {
+		case "/length":
+			w.Header().Set("Content-Length", fmt.Sprint(n))
+			w.Write(body)
+		case "/chunked":
+			for len(body) > 0 {
+				k := min(len(body), 70000)
+				w.Write(body[:k])
+				w.(http.Flusher).Flush()
+				body = body[k:]
+			}
+		case "/head":
+			w.Header().Set("Content-Length", "42")
+		case "/empty":
+			w.WriteHeader(http.StatusNoContent)
+		}
+	}))
+	defer up.Close()
+	s := MustService(t, up.URL, fastPolicy(), nil)
+	tests := []struct {
+		line, code string
+		bodyLen    int // of the answer's body string, when ok
+	}{
+		{`{"id":1,"upstream":"up","method":"GET","path":"/length?n=5"}`, "ok", 5},
+		{`{"id":2,"upstream":"up","method":"GET","path":"/length?n=0"}`, "ok", 0},
+		{fmt.Sprintf(`{"id":3,"upstream":"up","method":"GET","path":"/length?n=%d"}`, limit), "ok", limit},
+		{fmt.Sprintf(`{"id":4,"upstream":"up","method":"GET","path":"/length?n=%d"}`, limit+1), "too_large", 0},
+		{fmt.Sprintf(`{"id":5,"upstream":"up","method":"GET","path":"/chunked?n=%d"}`, limit), "ok", limit},
+		{fmt.Sprintf(`{"id":6,"upstream":"up","method":"GET","path":"/chunked?n=%d"}`, limit+1), "too_large", 0},
+		{`{"id":7,"upstream":"up","method":"HEAD","path":"/head"}`, "ok", 0},
+		{`{"id":8,"upstream":"up","method":"GET","path":"/empty"}`, "ok", 0},
+	}
+	for _, tt := range tests {
+		a := MustHandle(t, s, tt.line)
+		if a.code() != tt.code {
+			t.Errorf("%s: got %s (%+v), want %s", tt.line, a.code(), a.Error, tt.code)
+			continue
+		}
+		if tt.code != "ok" {
+			continue
+		}
+		var body string
+		if len(a.Body) > 0 {
+			if err := json.Unmarshal(a.Body, &body); err != nil {
+				t.Errorf("%s: body %.80s is not a string", tt.line, a.Body)
+			}
+		}
+		if len(body) != tt.bodyLen {
+			t.Errorf("%s: body of %d bytes, want %d", tt.line, len(body), tt.bodyLen)
+		}
+	}
+}
