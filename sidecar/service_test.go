@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -388,6 +389,36 @@ func TestCallBodyFraming(t *testing.T) {
 		}
 		if len(body) != tt.bodyLen {
 			t.Errorf("%s: body of %d bytes, want %d", tt.line, len(body), tt.bodyLen)
+		}
+	}
+}
+
+// BenchmarkHandleCallRetried is a call whose first attempt gets a 503 and
+// whose retry succeeds, with no backoff: the retry path's own cost (retrier,
+// breaker twice, budget, classification) on top of two exchanges.
+func BenchmarkHandleCallRetried(b *testing.B) {
+	var hits atomic.Int64
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		if hits.Add(1)%2 == 1 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"model":"phi3","response":"The dragon sleeps under the mountain.","done":true}`)
+	}))
+	b.Cleanup(up.Close)
+	p := policy.Default()
+	p.BackoffInitial, p.BackoffMax, p.Jitter = 0, 0, 0
+	p.RetryBudget, p.RetryBudgetMin = 1, 1000
+	p.BreakerFailures = 1 << 30
+	s := MustService(b, up.URL, p, nil)
+	buf := make([]byte, 0, 1024)
+	b.ReportAllocs()
+	for b.Loop() {
+		out := s.Handle(context.Background(), Peer{}, benchLine, buf[:0], nil)
+		if !bytes.Contains(out, []byte(`"attempts":2`)) {
+			b.Fatalf("answer %s", out)
 		}
 	}
 }
