@@ -46,6 +46,13 @@ func AppendError(dst []byte, id []byte, e *Error) []byte {
 	return appendResult(dst, id, &Result{Err: e})
 }
 
+// AppendAnswer appends the answer line of an upstream answer with its meta,
+// as fender writes it: for Go programs that embed the pipeline, and for
+// scripts/jsoncompare, which measures this encoder against JSON libraries.
+func AppendAnswer(dst []byte, id []byte, status int, header http.Header, body []byte, meta Meta) []byte {
+	return appendResult(dst, id, &Result{Status: status, Header: header, Body: body, Meta: meta, hasMeta: true})
+}
+
 // appendResult appends r's answer line, "\n" included.
 func appendResult(dst []byte, id []byte, r *Result) []byte {
 	if id == nil {
