@@ -166,13 +166,23 @@ func (c *conn) readEnd(err error) int {
 func (c *conn) handle(line []byte, pre any) {
 	defer c.s.workAdd(-1)
 	defer c.work.Done()
-	dst := make([]byte, 0, 512)
+	bp := answerBufs.Get().(*[]byte)
+	var out []byte
 	if pre != nil {
-		c.send(c.s.fast.HandlePrepared(c.ctx, c.peer, pre, dst, c.emit), true)
+		out = c.s.fast.HandlePrepared(c.ctx, c.peer, pre, (*bp)[:0], c.emit)
 	} else {
-		c.send(c.s.h.Handle(c.ctx, c.peer, line, dst, c.emit), true)
+		out = c.s.h.Handle(c.ctx, c.peer, line, (*bp)[:0], c.emit)
+	}
+	c.send(out, true)
+	if cap(out) <= 64<<10 { // a rare huge answer is left to the collector
+		*bp = out
+		answerBufs.Put(bp)
 	}
 }
+
+// answerBufs holds the buffers answers are encoded into; an answer is
+// copied into the connection's writer before its buffer goes back.
+var answerBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
 
 // fast answers line in the reader when the handler can do so without
 // waiting (pings, cache hits): no goroutine to start and wake.

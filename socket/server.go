@@ -17,7 +17,9 @@ import (
 // Handler answers one request line: it appends exactly one answer line ("\n"
 // included) to dst, after sending any chunk lines of a streamed answer
 // through emit. ctx is cancelled with sidecar.ErrClientGone when the client
-// leaves and with sidecar.ErrShuttingDown when the drain timeout ends.
+// leaves and with sidecar.ErrShuttingDown when the drain timeout ends. The
+// handler keeps no reference to dst or the returned slice: the server
+// reuses the buffer for later answers.
 type Handler interface {
 	Handle(ctx context.Context, peer sidecar.Peer, line []byte, dst []byte, emit sidecar.Emit) []byte
 }
