@@ -26,6 +26,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -60,6 +61,7 @@ type Client struct {
 	mu     sync.Mutex
 	idle   []*conn // most recently used last
 	closed bool
+	gen    int         // CloseIdle's count: connections dialled before the last one are not pooled
 	sweep  *time.Timer // closes connections idle past idleTimeout
 }
 
@@ -138,8 +140,8 @@ func (c *Client) Do(ctx context.Context, r *Request) (*http.Response, error) {
 	if err := checkHeader(r.Header); err != nil {
 		return nil, &RequestError{err}
 	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
+	if ctx.Err() != nil {
+		return nil, ctxErr(ctx)
 	}
 	cn, err := c.get(ctx)
 	if err != nil {
@@ -165,9 +167,19 @@ func (c *Client) Do(ctx context.Context, r *Request) (*http.Response, error) {
 // wrapErr prefers the context's end, when it is what broke the exchange.
 func wrapErr(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
-		return fmt.Errorf("%w (%w)", context.Cause(ctx), err)
+		return fmt.Errorf("%w (%w)", ctxErr(ctx), err)
 	}
 	return err
+}
+
+// ctxErr is the end of a done context: its cause, which also matches
+// ctx.Err() with errors.Is.
+func ctxErr(ctx context.Context) error {
+	err, cause := ctx.Err(), context.Cause(ctx)
+	if errors.Is(cause, err) {
+		return cause
+	}
+	return fmt.Errorf("%w (%w)", cause, err)
 }
 
 // CloseIdle closes the idle connections and, once they finish, the busy
@@ -176,6 +188,7 @@ func (c *Client) CloseIdle() {
 	c.mu.Lock()
 	idle := c.idle
 	c.idle = nil
+	c.gen++
 	c.mu.Unlock()
 	for _, cn := range idle {
 		cn.nc.Close()
@@ -229,11 +242,14 @@ func (c *Client) get(ctx context.Context) (*conn, error) {
 		}
 		cn.nc.Close()
 	}
+	c.mu.Lock()
+	gen := c.gen
+	c.mu.Unlock()
 	nc, err := c.dialer.DialContext(ctx, "tcp", c.addr)
 	if err != nil {
 		return nil, err
 	}
-	cn := &conn{c: c, nc: nc}
+	cn := &conn{c: c, nc: nc, gen: gen}
 	if sc, ok := nc.(syscall.Conn); ok {
 		cn.raw, _ = sc.SyscallConn()
 	}
@@ -248,7 +264,7 @@ func (c *Client) get(ctx context.Context) (*conn, error) {
 func (c *Client) put(cn *conn) {
 	cn.idleAt = time.Now()
 	c.mu.Lock()
-	if c.closed || len(c.idle) >= c.maxIdle {
+	if c.closed || cn.gen != c.gen || len(c.idle) >= c.maxIdle {
 		c.mu.Unlock()
 		cn.nc.Close()
 		return
@@ -286,18 +302,20 @@ const bufSize = 4 << 10
 
 // conn is one upstream connection; it is used by one exchange at a time.
 type conn struct {
-	c      *Client
-	nc     net.Conn
-	raw    syscall.RawConn
-	lr     io.LimitedReader // under br: bounds the header bytes
-	br     *bufio.Reader
-	bw     *bufio.Writer
-	tp     *textproto.Reader
-	idleAt time.Time
-	stop   func() bool // stops the context watch of the exchange
-	state  atomic.Int32
-	reuse  bool     // the answer allows another exchange
-	num    [20]byte // for formatting Content-Length
+	c          *Client
+	nc         net.Conn
+	raw        syscall.RawConn
+	lr         io.LimitedReader // under br: bounds the header bytes
+	br         *bufio.Reader
+	bw         *bufio.Writer
+	tp         *textproto.Reader
+	idleAt     time.Time
+	gen        int         // the Client's gen when dialled
+	stop       func() bool // stops the context watch of the exchange
+	state      atomic.Int32
+	reuse      bool     // the answer allows another exchange
+	closeAfter bool     // the request asked to close the connection
+	num        [20]byte // for formatting Content-Length
 }
 
 // States of an exchange on a conn.
@@ -348,7 +366,14 @@ func (cn *conn) fail() {
 	}
 }
 
+// ownHeaders are written by the client from the request itself; the same
+// keys in Request.Header are not sent (a second Content-Length would make
+// the request ambiguous).
+var ownHeaders = map[string]bool{"Host": true, "Content-Length": true, "Transfer-Encoding": true}
+
 func (cn *conn) writeRequest(c *Client, r *Request, target string) error {
+	// A request that says close leaves the connection closed after it.
+	cn.closeAfter = hasToken(r.Header["Connection"], "close")
 	w := cn.bw
 	w.WriteString(r.Method)
 	w.WriteByte(' ')
@@ -359,7 +384,7 @@ func (cn *conn) writeRequest(c *Client, r *Request, target string) error {
 	if _, ok := r.Header["User-Agent"]; !ok {
 		w.WriteString("User-Agent: Go-http-client/1.1\r\n")
 	}
-	if r.Body != nil || r.Method == "POST" || r.Method == "PUT" || r.Method == "PATCH" {
+	if len(r.Body) > 0 || r.Method == "POST" || r.Method == "PUT" || r.Method == "PATCH" {
 		w.WriteString("Content-Length: ")
 		w.Write(strconv.AppendInt(cn.num[:0], int64(len(r.Body)), 10))
 		w.WriteString("\r\n")
@@ -377,7 +402,13 @@ func (cn *conn) writeRequest(c *Client, r *Request, target string) error {
 	}
 	slices.Sort(keys)
 	for _, k := range keys {
+		if ownHeaders[k] {
+			continue
+		}
 		for _, v := range r.Header[k] {
+			if v == "" && k == "User-Agent" {
+				continue // as net/http: an empty User-Agent means none
+			}
 			w.WriteString(k)
 			w.WriteString(": ")
 			w.WriteString(textproto.TrimString(v))

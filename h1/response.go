@@ -44,7 +44,7 @@ func (cn *conn) readResponse(ctx context.Context, method string) (*http.Response
 	cn.lr.N = 1<<63 - 1
 
 	h := resp.Header
-	cn.reuse = resp.ProtoAtLeast(1, 1) && !hasToken(h["Connection"], "close")
+	cn.reuse = resp.ProtoAtLeast(1, 1) && !hasToken(h["Connection"], "close") && !cn.closeAfter
 	b := &body{cn: cn, ctx: ctx, n: -1}
 	switch te := h["Transfer-Encoding"]; {
 	case method == "HEAD" || resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified:
@@ -164,9 +164,15 @@ type body struct {
 	eofDelimited bool      // ends with the connection
 	err          error     // sticky: the end or failure already met
 	over         atomic.Bool
+	closed       atomic.Bool
 }
 
+var errClosedBody = errors.New("h1: read on closed response body")
+
 func (b *body) Read(p []byte) (int, error) {
+	if b.closed.Load() {
+		return 0, errClosedBody
+	}
 	if b.err != nil {
 		return 0, b.err
 	}
@@ -211,6 +217,7 @@ func (b *body) Read(p []byte) (int, error) {
 // Close ends the exchange; a body not read to its end closes the
 // connection.
 func (b *body) Close() error {
+	b.closed.Store(true)
 	if b.over.CompareAndSwap(false, true) {
 		b.cn.fail()
 	}
