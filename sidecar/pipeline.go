@@ -78,8 +78,11 @@ func (s *Service) hit(key store.Key, up *upstream, lp *livePolicy, req *Request,
 // (with its cache key, when one was computed) for HandlePrepared.
 func (s *Service) TryHandle(peer Peer, line []byte, dst []byte) (out []byte, ok bool, pre any) {
 	start := time.Now()
-	req, derr := Decode(line)
-	if derr != nil {
+	// Decoded on the stack: only a request that needs a worker is moved
+	// to the heap (a cache hit allocates no Request).
+	var rv Request
+	req := &rv
+	if derr := req.decode(line); derr != nil {
 		s.hooks.Rejected(string(CodeBadRequest))
 		return AppendError(dst, req.ID, derr), true, nil
 	}
@@ -93,21 +96,27 @@ func (s *Service) TryHandle(peer Peer, line []byte, dst []byte) (out []byte, ok 
 	case req.Op == OpPing:
 		return appendResult(dst, req.ID, &Result{}), true, nil
 	case req.Op != OpCall, req.Stream, req.Cache != CacheUse, s.cache == nil, s.draining.Load():
-		return nil, false, req
+		return nil, false, req.clone()
 	}
 	up := s.upstream(req.Upstream)
 	if up == nil {
-		return nil, false, req
+		return nil, false, req.clone()
 	}
 	lp := up.pol.Load()
 	res := &Result{hasMeta: true}
 	res.Meta.Upstream, res.Meta.Model = req.Upstream, req.Model
 	req.key, req.keyPolicy = cacheKey(up.name, req, lp.CacheVaryHeaders), lp
 	if !s.hit(req.key, up, lp, req, res, start) {
-		return nil, false, req
+		return nil, false, req.clone()
 	}
 	s.finish(req, res)
 	return appendResult(dst, req.ID, res), true, nil
+}
+
+// clone moves a request decoded on the stack to the heap.
+func (r *Request) clone() *Request {
+	c := *r
+	return &c
 }
 
 // report counts, once per answer, how the cache served it (when the cache was

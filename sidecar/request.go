@@ -110,13 +110,19 @@ func (w *wire) set(m member) {
 // failure it returns the id when it could be read (else nil, answered as
 // null) and a bad_request error naming the field.
 func Decode(line []byte) (*Request, *Error) {
-	r := &Request{Retries: -1, CacheTTL: -1}
+	r := new(Request)
+	return r, r.decode(line)
+}
+
+// decode is Decode into r, which it overwrites whole.
+func (r *Request) decode(line []byte) *Error {
+	*r = Request{Retries: -1, CacheTTL: -1}
 	if t := skipSpace(line, 0); t >= len(line) || line[t] != '{' {
-		return r, Errorf(CodeBadRequest, "request must be a JSON object")
+		return Errorf(CodeBadRequest, "request must be a JSON object")
 	}
 	if !validJSON(line) {
 		err := json.Unmarshal(line, new(json.RawMessage))
-		return r, Errorf(CodeBadRequest, "invalid JSON: %v", err)
+		return Errorf(CodeBadRequest, "invalid JSON: %v", err)
 	}
 	var buf [16]member
 	ms, dup := members(line, buf[:0], true)
@@ -126,58 +132,58 @@ func Decode(line []byte) (*Request, *Error) {
 	}
 	switch {
 	case len(w.ID) == 0:
-		return r, Errorf(CodeBadRequest, "id is required")
+		return Errorf(CodeBadRequest, "id is required")
 	case w.ID[0] == '"' || w.ID[0] == '-' || (w.ID[0] >= '0' && w.ID[0] <= '9'):
 		r.ID = w.ID
 	default:
-		return r, Errorf(CodeBadRequest, "id must be a string or a number")
+		return Errorf(CodeBadRequest, "id must be a string or a number")
 	}
 	if !utf8.Valid(line) {
 		if !utf8.Valid(r.ID) {
 			r.ID = nil // echoing it would make the answer invalid too
 		}
-		return r, Errorf(CodeBadRequest, "request line is not valid UTF-8")
+		return Errorf(CodeBadRequest, "request line is not valid UTF-8")
 	}
 	if dup != nil {
-		return r, Errorf(CodeBadRequest, "duplicate key %q", dup)
+		return Errorf(CodeBadRequest, "duplicate key %q", dup)
 	}
 	var err *Error
 	op := "call"
 	if err = str(w.Op, "op", &op); err != nil {
-		return r, err
+		return err
 	}
 	switch r.Op = Op(op); r.Op {
 	case OpCall, OpPing, OpHealth, OpStats, OpConfigure, OpPurge, OpReset:
 	default:
-		return r, Errorf(CodeBadRequest, "unknown op %q", op)
+		return Errorf(CodeBadRequest, "unknown op %q", op)
 	}
 	if err = str(w.Upstream, "upstream", &r.Upstream); err != nil {
-		return r, err
+		return err
 	}
 	if w.Upstream != nil && r.Upstream == "" {
-		return r, Errorf(CodeBadRequest, "upstream must not be empty")
+		return Errorf(CodeBadRequest, "upstream must not be empty")
 	}
 	if err = str(w.Model, "model", &r.Model); err != nil {
-		return r, err
+		return err
 	}
 	switch r.Op {
 	case OpCall:
-		return r, r.decodeCall(&w)
+		return r.decodeCall(&w)
 	case OpConfigure:
 		if err = str(w.URL, "url", &r.URL); err != nil {
-			return r, err
+			return err
 		}
 		if w.Policy != nil {
 			if w.Policy[0] != '{' {
-				return r, Errorf(CodeBadRequest, "policy must be a JSON object")
+				return Errorf(CodeBadRequest, "policy must be a JSON object")
 			}
 			r.Policy = w.Policy
 		}
 		if r.Upstream == "" {
-			return r, Errorf(CodeBadRequest, "configure needs an upstream")
+			return Errorf(CodeBadRequest, "configure needs an upstream")
 		}
 	}
-	return r, nil
+	return nil
 }
 
 func (r *Request) decodeCall(w *wire) *Error {
