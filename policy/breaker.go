@@ -165,8 +165,8 @@ type Breaker struct {
 	cur             atomic.Pointer[inner]
 	probes          atomic.Int64
 
-	mu   sync.Mutex // orders observations and hook calls
-	last State
+	mu   sync.Mutex   // orders observations and hook calls
+	last atomic.Int32 // the State last observed; changed under mu
 }
 
 // Model returns the breaker's model key ("" for the upstream's own).
@@ -224,13 +224,16 @@ func (b *Breaker) reset() {
 // through (closed -> open -> half_open -> closed).
 func (b *Breaker) observe() State {
 	now := fromLib(b.cur.Load().cb.GetState())
+	if State(b.last.Load()) == now {
+		return now // the common case, without the lock
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	from := b.last
+	from := State(b.last.Load())
 	if from == now {
 		return now
 	}
-	b.last = now
+	b.last.Store(int32(now))
 	for from != now {
 		var next State
 		switch {
