@@ -5,6 +5,7 @@
 package stats
 
 import (
+	"math"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -24,32 +25,31 @@ type counters struct {
 	latency, firstChunk ring
 }
 
-// ring is a sliding window of the last samples, in ms.
+// ring is a sliding window of the last samples, in ms, written without a
+// lock: each observation claims a slot with one atomic add. A reader may see
+// a slot's sample from one lap earlier (0 on the first lap) while a writer is
+// at it, which moves a percentile by one sample at most.
 type ring struct {
-	mu      sync.Mutex
-	samples [window]float64
-	n       int // samples recorded, ever
+	samples [window]atomic.Uint64 // math.Float64bits of the sample
+	n       atomic.Int64          // samples recorded, ever
 }
 
 func (r *ring) observe(ms float64) {
-	r.mu.Lock()
-	r.samples[r.n%window] = ms
-	r.n++
-	r.mu.Unlock()
+	i := r.n.Add(1) - 1
+	r.samples[i%window].Store(math.Float64bits(ms))
 }
 
 func (r *ring) percentiles() Latency {
-	r.mu.Lock()
-	n := min(r.n, window)
+	n := min(r.n.Load(), window)
 	lat := make([]float64, n)
-	copy(lat, r.samples[:n])
-	r.mu.Unlock()
+	for i := range lat {
+		lat[i] = math.Float64frombits(r.samples[i].Load())
+	}
 	return percentiles(lat)
 }
 
 // Recorder collects statistics. Safe for concurrent use; its methods are
-// cheap enough for the request path (atomics, and one short lock per call
-// for the latency window).
+// cheap enough for the request path: atomics only, no lock.
 type Recorder struct {
 	all counters
 	ups sync.Map // name -> *counters, only registered upstreams
