@@ -3,6 +3,12 @@
 // evicting the least recently used entries. Memory never grows past the
 // bounds, whatever the traffic.
 //
+// Recency is kept the CLOCK way (second chance): a hit only sets its entry's
+// referenced bit, with no lock; eviction, under the store's lock, gives a
+// referenced entry at the back of the list one more lap at the front and
+// evicts the first unreferenced one. So a cache hit takes only go-cache's
+// shared read lock.
+//
 // An entry is fresh until its TTL ends, then stale for its stale window (kept
 // to answer when the upstream fails), then gone. store is a leaf: it knows no
 // policy and no socket; evictions are reported through a hook.
@@ -72,6 +78,7 @@ type item struct {
 	size int64
 	elem *list.Element
 	gone atomic.Bool // removed from the index; set under Store.mu
+	ref  atomic.Bool // read since it was inserted or last passed over
 }
 
 // Store is a bounded TTL cache. Safe for concurrent use.
@@ -161,7 +168,8 @@ func (s *Store) onExpired(_ string, v any) {
 
 // Get returns the entry of k and whether it is still fresh. A stale entry
 // (past its TTL, within its stale window) is returned with fresh false; ok is
-// false when there is none. A fresh hit makes the entry most recently used.
+// false when there is none. A fresh hit marks the entry referenced, which
+// spares it the next eviction that reaches it.
 func (s *Store) Get(k Key) (e *Entry, fresh, ok bool) {
 	v, found := s.gc.Get(string(k[:]))
 	if !found {
@@ -173,12 +181,8 @@ func (s *Store) Get(k Key) (e *Entry, fresh, ok bool) {
 		return nil, false, false
 	}
 	fresh = now.Before(it.e.Fresh)
-	if fresh {
-		s.mu.Lock()
-		if !it.gone.Load() {
-			s.lru.MoveToFront(it.elem)
-		}
-		s.mu.Unlock()
+	if fresh && !it.ref.Load() {
+		it.ref.Store(true)
 	}
 	return it.e, fresh, true
 }
@@ -205,8 +209,21 @@ func (s *Store) Set(k Key, e *Entry) {
 	s.bytes += it.size
 	// go-cache's expiry runs on the real clock; the stale window is its life.
 	s.gc.Set(it.key, it, ttl)
+	chances := len(s.index) // bounds the loop while hits keep setting bits
 	for len(s.index) > s.opts.MaxEntries || s.bytes > s.opts.MaxBytes {
 		back := s.lru.Back().Value.(*item)
+		if back == it {
+			// The others all had their second chance and passed it
+			// ahead: the entry being stored is not the one to go.
+			s.lru.MoveToFront(back.elem)
+			continue
+		}
+		if back.ref.Load() && chances > 0 {
+			chances--
+			back.ref.Store(false) // a second chance: one more lap
+			s.lru.MoveToFront(back.elem)
+			continue
+		}
 		s.evict(back)
 		s.evictions.Add(1)
 		if s.opts.OnEvict != nil {

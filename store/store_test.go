@@ -93,6 +93,65 @@ func TestEntryBoundEvictsLeastRecentlyUsed(t *testing.T) {
 	}
 }
 
+// TestSecondChance pins the CLOCK eviction: a referenced entry at the back
+// gets one more lap; when every entry is referenced, the oldest still goes
+// (the loop is bounded) and the store stays within its bound.
+func TestSecondChance(t *testing.T) {
+	c := newClock()
+	s := New(Options{MaxEntries: 4, MaxBytes: 1 << 20, Now: c.Now})
+	defer s.Close()
+	for i := 1; i <= 4; i++ {
+		s.Set(key(i), entry(c, "x", time.Minute, 0))
+	}
+	for i := 1; i <= 4; i++ {
+		s.Get(key(i)) // all referenced
+	}
+	s.Set(key(5), entry(c, "x", time.Minute, 0))
+	if s.Len() != 4 || s.Evictions() != 1 {
+		t.Fatalf("got len %d, evictions %d; want 4, 1", s.Len(), s.Evictions())
+	}
+	if _, _, ok := s.Get(key(1)); ok {
+		t.Error("all referenced: the oldest (1) should have gone")
+	}
+	// 2, 3, 4 lost their bits in that pass; 5 is new. Reading 2 again
+	// spares it: the next eviction takes 3, then 4.
+	s.Get(key(2))
+	s.Set(key(6), entry(c, "x", time.Minute, 0))
+	s.Set(key(7), entry(c, "x", time.Minute, 0))
+	for i, want := range map[int]bool{2: true, 3: false, 4: false, 5: true, 6: true, 7: true} {
+		if _, _, ok := s.Get(key(i)); ok != want {
+			t.Errorf("key %d present: got %v, want %v", i, ok, want)
+		}
+	}
+}
+
+// TestGetSetConcurrent runs hits, which set reference bits without the
+// store's lock, against sets that evict (run it with -race).
+func TestGetSetConcurrent(t *testing.T) {
+	c := newClock()
+	s := New(Options{MaxEntries: 64, MaxBytes: 1 << 20, Now: c.Now})
+	defer s.Close()
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 5000 {
+				k := key((i*7 + g) % 200)
+				if i%3 == 0 {
+					s.Set(k, entry(c, "x", time.Minute, 0))
+				} else {
+					s.Get(k)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if n := s.Len(); n > 64 {
+		t.Errorf("len %d over the bound of 64", n)
+	}
+}
+
 func TestByteBound(t *testing.T) {
 	c := newClock()
 	s := MustStore(t, c, 1000, 10_000)
