@@ -13,15 +13,22 @@ import (
 type flight struct {
 	done    chan struct{}
 	res     Result // set before done is closed
-	waiters int    // guarded by flights.mu
+	waiters int    // guarded by its flightShard.mu
 	cancel  context.CancelCauseFunc
 }
 
-// flights holds the calls in flight by cache key.
+// flights holds the calls in flight by cache key, in shards picked by the
+// key's first byte, so that misses on different keys take different locks.
 type flights struct {
+	shards [16]flightShard
+}
+
+type flightShard struct {
 	mu sync.Mutex
 	m  map[store.Key]*flight
 }
+
+func (fs *flights) shard(k store.Key) *flightShard { return &fs.shards[k[0]%16] }
 
 // coalesce answers req from the flight of its key, starting one when there is
 // none. The flight runs detached from any one caller: a caller whose deadline
@@ -29,11 +36,15 @@ type flights struct {
 // no caller waits for it any more. Its deadline is the later of the first
 // caller's and the policy's deadline.
 func (s *Service) coalesce(ctx context.Context, key store.Key, up *upstream, lp *livePolicy, req *Request, res *Result) {
-	s.flights.mu.Lock()
-	f, joined := s.flights.m[key]
+	sh := s.flights.shard(key)
+	sh.mu.Lock()
+	if sh.m == nil {
+		sh.m = map[store.Key]*flight{}
+	}
+	f, joined := sh.m[key]
 	if !joined {
 		f = &flight{done: make(chan struct{})}
-		s.flights.m[key] = f
+		sh.m[key] = f
 		dl, _ := ctx.Deadline()
 		if p := time.Now().Add(lp.Deadline); p.After(dl) {
 			dl = p
@@ -54,16 +65,16 @@ func (s *Service) coalesce(ctx context.Context, key store.Key, up *upstream, lp 
 					s.log.Error().Interface("panic", p).Str("upstream", up.name).Msg("shared call panicked")
 					f.res.Err = Errorf(CodeInternal, "internal error")
 				}
-				s.flights.mu.Lock()
-				delete(s.flights.m, key)
-				s.flights.mu.Unlock()
+				sh.mu.Lock()
+				delete(sh.m, key)
+				sh.mu.Unlock()
 				close(f.done)
 			}()
 			s.resolve(fctx, up, lp, &freq, &key, &f.res)
 		}()
 	}
 	f.waiters++
-	s.flights.mu.Unlock()
+	sh.mu.Unlock()
 
 	select {
 	case <-f.done:
@@ -76,10 +87,10 @@ func (s *Service) coalesce(ctx context.Context, key store.Key, up *upstream, lp 
 		return
 	case <-ctx.Done():
 	}
-	s.flights.mu.Lock()
+	sh.mu.Lock()
 	f.waiters--
 	last := f.waiters == 0
-	s.flights.mu.Unlock()
+	sh.mu.Unlock()
 	if last {
 		f.cancel(context.Cause(ctx))
 	}

@@ -107,7 +107,6 @@ type Service struct {
 // New builds a Service from opts; every upstream URL and policy is validated.
 func New(opts Options) (*Service, error) {
 	s := &Service{opts: opts, log: opts.Logger.With().Str("component", "sidecar").Logger(), hooks: opts.Hooks, cache: opts.Cache}
-	s.flights.m = map[store.Key]*flight{}
 	s.rec = stats.New()
 	s.base, s.abort = context.WithCancelCause(context.Background())
 	if s.hooks == nil {
