@@ -291,27 +291,37 @@ func plainTarget(p string) bool {
 // is not a token, a value with a control character other than tab.
 func checkHeader(h http.Header) error {
 	for k, vs := range h {
-		if !isToken(k) {
+		if !IsToken(k) {
 			return fmt.Errorf("invalid header name %q", k)
 		}
 		for _, v := range vs {
-			for i := 0; i < len(v); i++ {
-				if c := v[i]; c < ' ' && c != '\t' || c == 0x7f {
-					return fmt.Errorf("invalid value for header %q", k)
-				}
+			if !ValidHeaderValue(v) {
+				return fmt.Errorf("invalid value for header %q", k)
 			}
 		}
 	}
 	return nil
 }
 
-func isToken(s string) bool {
+// IsToken reports whether s is an RFC 9110 token: a method or header name.
+func IsToken(s string) bool {
 	if s == "" {
 		return false
 	}
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
+			return false
+		}
+	}
+	return true
+}
+
+// ValidHeaderValue reports whether v may be sent as a header value: no
+// control character other than tab (RFC 9110 section 5.5).
+func ValidHeaderValue(v string) bool {
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; c < ' ' && c != '\t' || c == 0x7f {
 			return false
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/fender-sidecar/fender/h1"
 	"github.com/fender-sidecar/fender/store"
 )
 
@@ -194,7 +195,7 @@ func (r *Request) decodeCall(w *wire) *Error {
 	if err := str(w.Method, "method", &r.Method); err != nil {
 		return err
 	}
-	if !isToken(r.Method) {
+	if !h1.IsToken(r.Method) {
 		return Errorf(CodeBadRequest, "method %q is not a valid HTTP method", r.Method)
 	}
 	r.Path = "/"
@@ -222,11 +223,11 @@ func (r *Request) decodeCall(w *wire) *Error {
 			if err != nil {
 				return Errorf(CodeBadRequest, "headers: %q must be a string", m.key)
 			}
-			if !isToken(string(m.key)) {
+			if !h1.IsToken(string(m.key)) {
 				return Errorf(CodeBadRequest, "headers: %q is not a valid header name", m.key)
 			}
-			if strings.ContainsAny(s, "\r\n\x00") {
-				return Errorf(CodeBadRequest, "headers: %q has a value with CR, LF or NUL", m.key)
+			if !h1.ValidHeaderValue(s) {
+				return Errorf(CodeBadRequest, "headers: %q has a value with a control character", m.key)
 			}
 			r.Headers = append(r.Headers, [2]string{string(m.key), s})
 		}
@@ -339,23 +340,6 @@ func checkPath(p string) *Error {
 		}
 	}
 	return nil
-}
-
-// isToken reports whether s is an RFC 9110 token (a method or header name).
-func isToken(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' {
-			continue
-		}
-		if !strings.ContainsRune("!#$%&'*+-.^_`|~", rune(c)) {
-			return false
-		}
-	}
-	return true
 }
 
 // maxMillis is the largest millisecond count that fits a time.Duration.

@@ -45,6 +45,13 @@ func TestDecodeValidCall(t *testing.T) {
 	}
 }
 
+func TestDecodeHeaderValueWithTab(t *testing.T) {
+	r := MustDecode(t, `{"id":1,"upstream":"u","headers":{"X-A":"a\tb é"}}`)
+	if len(r.Headers) != 1 || r.Headers[0][1] != "a\tb é" {
+		t.Errorf("headers %q, want the tab and the non-ASCII letter kept", r.Headers)
+	}
+}
+
 func TestDecodeDefaults(t *testing.T) {
 	r := MustDecode(t, `{"id":1,"upstream":"llm"}`)
 	tests := []struct {
@@ -210,6 +217,8 @@ func TestDecodeBadRequest(t *testing.T) {
 		{"header name empty", `{"id":5,"upstream":"u","headers":{"":"1"}}`, `5`},
 		{"header value with CR LF", `{"id":5,"upstream":"u","headers":{"X-A":"a\r\nEvil: 1"}}`, `5`},
 		{"header value with LF", `{"id":5,"upstream":"u","headers":{"X-A":"a\nb"}}`, `5`},
+		{"header value with another control character", `{"id":5,"upstream":"u","headers":{"X-A":"a\u0001b"}}`, `5`},
+		{"header value with DEL", `{"id":5,"upstream":"u","headers":{"X-A":"a\u007fb"}}`, `5`},
 		{"body and body_text", `{"id":6,"upstream":"u","body":{},"body_text":"x"}`, `6`},
 		{"body_text not a string", `{"id":6,"upstream":"u","body_text":1}`, `6`},
 		{"timeout_ms 0", `{"id":7,"upstream":"u","timeout_ms":0}`, `7`},
