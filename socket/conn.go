@@ -185,7 +185,8 @@ func (c *conn) handle(line []byte, pre any) {
 var answerBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
 
 // fast answers line in the reader when the handler can do so without
-// waiting (pings, cache hits): no goroutine to start and wake.
+// waiting (pings, cache hits): no worker to wake. Otherwise it returns what
+// the handler made of the line for the worker.
 func (c *conn) fast(line []byte) ([]byte, bool, any) {
 	if c.s.fast == nil {
 		return nil, false, nil
