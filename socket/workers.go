@@ -13,20 +13,30 @@ import (
 // next request, each for at most workerIdle; the others end, so a burst's
 // workers and their stacks do not linger.
 //
-// The number of workers running is bounded by the requests in flight: at
+// The number of workers running is bounded by the requests in flight (at
 // most FENDER_MAX_CONN_INFLIGHT per connection, and every request past
-// FENDER_MAX_INFLIGHT is answered overloaded at once.
+// FENDER_MAX_INFLIGHT is answered overloaded at once) plus one reader per
+// connection that a worker took over.
 type workers struct {
 	tasks chan task    // unbuffered: a send succeeds only into an idle worker's hands
 	idle  atomic.Int32 // workers waiting on tasks, or about to
 }
 
-// task is one request line to handle on c; its slot and work count are
-// already taken.
+// task is one request line to handle on c (its slot and work count
+// already taken), or the reading of c to take over.
 type task struct {
 	c    *conn
 	line []byte
-	pre  any // what FastHandler.TryHandle made of line, or nil
+	pre  any  // what FastHandler.TryHandle made of line, or nil
+	read bool // take over reading c instead
+}
+
+func (t task) do() {
+	if t.read {
+		t.c.readLoop()
+	} else {
+		t.c.handle(t.line, t.pre)
+	}
 }
 
 const (
@@ -48,7 +58,7 @@ func (w *workers) run(t task) {
 func (w *workers) work(t task) {
 	var idle *time.Timer
 	for {
-		t.c.handle(t.line, t.pre)
+		t.do()
 		if w.idle.Add(1) > maxIdleWorkers {
 			w.idle.Add(-1)
 			break
